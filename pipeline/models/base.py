@@ -1,0 +1,87 @@
+"""The contract every embedding model (ESM-2, DNABERT-S) fulfils, so one runner serves both.
+
+A model is split in two parts because they live in different processes:
+- a `Tokenizer` (pure CPU, picklable) that DataLoader workers use to turn a sequence string into
+  token ids, special tokens included;
+- a `PackedEncoder` (a torch module on the compute device) that runs the packed forward and pools.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+ModelKind = Literal["esm2", "dnabert-s"]
+
+
+class Tokenizer(abc.ABC):
+    """Picklable sequence -> token-id encoder (used inside spawned DataLoader workers)."""
+
+    @abc.abstractmethod
+    def encode(self, sequence: str) -> np.ndarray:
+        """Return ``(L,) int64`` token ids of one sequence, special tokens (BOS/CLS, EOS/SEP) included."""
+
+    def encode_batch(self, sequences: list[str]) -> list[np.ndarray]:
+        return [self.encode(s) for s in sequences]
+
+    @property
+    @abc.abstractmethod
+    def pad_id(self) -> int:
+        """Id used to pad in the padded (reference) paths."""
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What gets recorded in output metadata and metric rows."""
+
+    kind: ModelKind
+    spec: str            # the specifier the user gave
+    hidden_size: int     # D of the pooled embedding
+    num_layers: int
+    repr_layer: int      # which layer's output is pooled (the last one)
+    max_tokens: int      # longest tokenized sequence the model accepts (specials included)
+    params: int          # number of parameters
+
+
+class PackedEncoder(torch.nn.Module, abc.ABC):
+    """Packed variable-length transformer over concatenated sequences.
+
+    Subclasses set ``self.info: EncoderInfo``, ``self.backend: str`` (the resolved attention
+    backend, after ``auto``) and ``self.tokenizer: Tokenizer``.
+    """
+
+    info: EncoderInfo
+    backend: str
+    tokenizer: Tokenizer
+
+    @abc.abstractmethod
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """Packed forward.
+
+        Args:
+            input_ids: ``(T,) int64`` token ids of B sequences concatenated, specials included.
+            cu_seqlens: ``(B+1,) int32`` cumulative sequence starts, ``cu_seqlens[0] == 0``,
+                ``cu_seqlens[-1] == T``.
+            max_seqlen: longest sequence in the batch (host int; no device sync needed).
+        Returns:
+            ``(T, D)`` final-layer hidden states in the model's compute dtype.
+        """
+
+    @abc.abstractmethod
+    def pool(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """``(T, D)`` hidden + ``(B+1,) int32`` cu_seqlens -> ``(B, D) float32`` per-sequence embedding,
+        pooled exactly as the original tool pools this model."""
+
+    def embed_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """forward + pool: ``(B, D) float32``."""
+        return self.pool(self(input_ids, cu_seqlens, max_seqlen), cu_seqlens)
+
+    @abc.abstractmethod
+    def embed_reference(self, sequences: list[str]) -> torch.Tensor:
+        """The "v1" path: padded batch, fp32, the library's own (or official-equivalent) forward.
+
+        Returns ``(B, D) float32`` pooled like `pool`. Used by validation, never in production.
+        """
