@@ -85,3 +85,43 @@ class PackedEncoder(torch.nn.Module, abc.ABC):
 
         Returns ``(B, D) float32`` pooled like `pool`. Used by validation, never in production.
         """
+
+
+class FiniteMonitor:
+    """Device-side NaN/Inf flag over pooled batches, checked with one host sync per output unit.
+
+    `note` runs inside the forward (no synchronisation); `check` synchronises once, resets, and
+    raises `pipeline.errors.NumericalError` naming the first bad batch since the previous check.
+    """
+
+    def __init__(self, model_name: str, device: torch.device | str) -> None:
+        self.model_name = model_name
+        self.reset(torch.device(device))
+
+    def reset(self, device: torch.device | None = None) -> None:
+        # fresh tensors rather than in-place updates: under inference_mode they are inference tensors
+        device = device or self._bad.device
+        self._bad = torch.zeros((), dtype=torch.bool, device=device)
+        self._first = torch.full((), -1, dtype=torch.int64, device=device)
+        self._batches = 0
+
+    def note(self, pooled: torch.Tensor) -> None:
+        """Record whether ``pooled`` (any shape, on the monitored device) holds NaN/Inf."""
+        if self._bad.device != pooled.device:  # the model moved since the monitor was made
+            self.reset(pooled.device)
+        bad = ~torch.isfinite(pooled).all()
+        self._first = torch.where(bad & (self._first < 0), torch.full_like(self._first, self._batches), self._first)
+        self._bad = self._bad | bad
+        self._batches += 1
+
+    def check(self, context: str, *, precision: str, backend: str) -> None:
+        from pipeline.errors import NumericalError
+
+        bad, first, batches = bool(self._bad.item()), int(self._first.item()), self._batches
+        self.reset()
+        if bad:
+            raise NumericalError(
+                f"NaN or Inf in {self.model_name} embeddings in {context} (first bad batch: {first} of {batches} "
+                f"since the last check; precision {precision}, backend {backend}); rerun this part with "
+                "--precision bf16 or fp32 and check the input sequences"
+            )
