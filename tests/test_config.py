@@ -47,3 +47,22 @@ def test_parse_gpus():
         parse_gpus("a,b")
     with pytest.raises(ConfigError, match="twice"):
         PredictConfig(Path("x.fa"), Path("out"), gpus=(1, 1))
+
+
+def test_atomic_write_publishes_whole_file_with_umask_mode(tmp_path):
+    import os
+
+    from pipeline.atomic import atomic_open, atomic_write_text
+
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "hello"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as fh:
+            fh.write("partial")
+            raise RuntimeError("boom")
+    assert target.read_text() == "hello"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -1,0 +1,35 @@
+"""``virnucpro report -o FILE.html``: render the metrics store as one self-contained HTML file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.config import Settings
+
+
+@click.command("report")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Metrics database (default: VIRNUCPRO_METRICS_DB or reports/metrics.duckdb).")
+@click.option("-o", "--out", "out_html", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (plots embedded; opens offline).")
+@click.option("--baseline", default=None, metavar="RUN_ID",
+              help="Also compare the latest runs with this pinned run.")
+@click.option("--slowdown-threshold", default=0.10, show_default=True, type=click.FloatRange(0, 10),
+              help="Flag slowdowns larger than this fraction (0.10 = 10 %).")
+@click.option("--fail-on-regression", is_flag=True,
+              help="Exit non-zero (after writing the report) when a slowdown passes the threshold.")
+@click.pass_context
+def command(ctx: click.Context, db_path: Path | None, out_html: Path, baseline: str | None,
+            slowdown_threshold: float, fail_on_regression: bool) -> None:
+    """Write the HTML report: latest run summary, equivalence pass/fail, throughput over time,
+    scaling, cosine histograms, packing efficiency, stage times and regressions."""
+    from validation.regression import check_regressions
+    from validation.report import render_report
+
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
+    db = db_path or settings.metrics_db
+    out = render_report(db, out_html, baseline=baseline, slowdown_threshold=slowdown_threshold)
+    click.echo(f"wrote {out}")
+    if fail_on_regression:
+        check_regressions(db, slowdown_threshold, baseline=baseline, enforce=True)

@@ -1,0 +1,431 @@
+"""v1-vs-v2 equivalence: does the optimized path give the reference path's embeddings and labels?
+
+For each model (ESM-2 on the protein of each frame, DNABERT-S on its nucleotides), each attention
+backend and each precision, three kinds of comparison are made on the same frames:
+
+- ``packing``: fp32 packed forward (``embed_packed``) against the padded fp32 reference
+  (``embed_reference``, the "v1" path) - isolates packing and the attention kernel;
+- ``precision``: fp16/bf16 packed against fp32 packed, same backend - isolates the precision;
+- ``end-to-end``: fp16/bf16 packed against the fp32 reference - what production changes in all.
+
+Each row gives per-sequence cosine similarity (min, 0.1th percentile, mean), the largest relative
+L2 error, the largest absolute difference, and downstream label agreement: the same classifier
+scores ``concat(DNABERT-S, ESM-2)`` with this model's candidate embedding swapped in (the other
+model's embedding held at its reference), per frame and per chunk (the original's max-score
+consensus). Rows with model ``dnabert-s+esm2`` swap both models' embeddings at once.
+
+The frames come from seeded synthetic reads cut and translated by the ``prepare`` stage's own
+functions, so both models see real stop-free frames. GC-rich reads are used on purpose: random DNA
+with 50 % GC almost never has a stop-free 100-codon frame.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError, ThresholdFailed
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "virnucpro.validate/1"
+TINY_ESM = "random:esm2_t6_8M_UR50D"
+TINY_DNABERT = "random:dnabert-s-tiny"
+COMBINED = "dnabert-s+esm2"
+_KINDS = ("dnabert-s", "esm2")  # classifier input order: DNA embedding first, then protein
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria of one comparison row.
+
+    Attributes:
+        min_cosine: every sequence's cosine similarity must reach this (the row's ``cos_min``).
+        min_label_agreement: frame and chunk label agreement must reach this fraction.
+        max_rel_l2: optional bound on the largest per-sequence relative L2 error.
+    """
+
+    min_cosine: float = 0.999
+    min_label_agreement: float = 0.999
+    max_rel_l2: float | None = None
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise ConfigError(f"min_cosine={self.min_cosine} is outside [-1, 1]; cosine similarity "
+                              "cannot exceed 1, use e.g. 0.999")
+        if not 0.0 <= self.min_label_agreement <= 1.0:
+            raise ConfigError(f"min_label_agreement={self.min_label_agreement} is outside [0, 1]; "
+                              "it is a fraction of frames, use e.g. 0.999")
+        if self.max_rel_l2 is not None and self.max_rel_l2 < 0:
+            raise ConfigError(f"max_rel_l2={self.max_rel_l2} is negative; use e.g. 0.01 or leave it unset")
+
+
+@dataclass(frozen=True)
+class EquivalenceConfig:
+    """One validation run.
+
+    Attributes:
+        esm_model / dnabert_model: model specifiers (tiny ``random:`` models by default).
+        precisions: reduced precisions to check against fp32 (fp32 itself is always checked).
+        attentions: attention backends to check (``auto`` = what production would pick).
+        n: number of frames (sequences per model).
+        device: torch device string.
+        classifier: classifier specifier for label agreement (``random`` = seeded random MLP).
+        chunk_size: chunk length of the synthetic reads' prepare step.
+        seed: seed of the synthetic data and of ``random:`` weights.
+        token_budget: tokens per packed batch (``None`` = the production choice for the device).
+        thresholds: pass criteria.
+        keep_cosines: put every per-sequence cosine into the result rows (for the report's histograms).
+    """
+
+    esm_model: str = TINY_ESM
+    dnabert_model: str = TINY_DNABERT
+    precisions: tuple[str, ...] = ("bf16",)
+    attentions: tuple[str, ...] = ("auto",)
+    n: int = 48
+    device: str = "cpu"
+    classifier: str = "random"
+    chunk_size: int = 300
+    seed: int = 0
+    token_budget: int | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    keep_cosines: bool = True
+
+    def __post_init__(self) -> None:
+        from pipeline.config import ATTENTION_BACKENDS, PRECISIONS, validate_choice
+
+        if self.n < 1:
+            raise ConfigError(f"n={self.n} must be >= 1 frame")
+        if self.chunk_size < 30:
+            raise ConfigError(f"chunk_size={self.chunk_size} is too short for real frames; use 300 or 500")
+        if not self.attentions:
+            raise ConfigError("no attention backend to check; give at least one, e.g. auto")
+        for p in self.precisions:
+            validate_choice("precision", p, PRECISIONS)
+        for a in self.attentions:
+            validate_choice("attention", a, ATTENTION_BACKENDS)
+        if self.token_budget is not None and self.token_budget < 16:
+            raise ConfigError(f"token_budget={self.token_budget} is too small; use at least 16 tokens")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """Frames of synthetic reads, as the prepare stage would write them (``protein.faa`` order)."""
+
+    ids: list[str]          # frame ids ``<record>_chunk_<k><F1..R3>``
+    nucleotide: list[str]
+    protein: list[str]
+
+
+def synthetic_frames(n: int, chunk_size: int = 300, seed: int = 0) -> FrameSet:
+    """``n`` kept frames from seeded synthetic reads, cut and translated by ``pipeline.prepare``.
+
+    Reads are 0.5 to 2 chunk lengths long with 60-85 % GC (so that stop-free frames are common and
+    chunks keep several frames); frames are taken read by read until ``n`` are collected.
+    """
+    from pipeline.translate import six_frames
+
+    try:
+        from pipeline.prepare import chunk_sequence
+    except ImportError:  # prepare's FASTA reader needs Biopython, which GPU images may lack
+        def chunk_sequence(seq: str, size: int) -> list[str]:
+            return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+    rng = np.random.default_rng(seed)
+    bases = np.frombuffer(b"ACGT", dtype=np.uint8)
+    ids: list[str] = []
+    nts: list[str] = []
+    prots: list[str] = []
+    read = 0
+    while len(ids) < n:
+        if read > 100 * n + 1000:
+            raise ConfigError(f"could not make {n} frames from synthetic reads of chunk size {chunk_size}")
+        length = int(rng.integers(chunk_size // 2, 2 * chunk_size))
+        gc = float(rng.uniform(0.60, 0.85))
+        probs = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]
+        seq = bases[rng.choice(4, size=length, p=probs)].tobytes().decode()
+        for k, chunk in enumerate(chunk_sequence(seq, chunk_size), start=1):
+            for frame in six_frames(chunk):
+                if len(frame.protein) < 5:
+                    continue
+                ids.append(f"synthetic_read_{read}_chunk_{k}{frame.frame}")
+                nts.append(frame.nucleotide)
+                prots.append(frame.protein)
+        read += 1
+    return FrameSet(ids[:n], nts[:n], prots[:n])
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics (pure numpy: easy to test against hand-made vectors)
+
+
+def compare_embeddings(candidate: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
+    """Per-sequence agreement of two ``(N, D)`` float arrays (rows = sequences).
+
+    Returns ``cosines`` (``(N,) float64``), ``cos_min``, ``cos_p001`` (0.1th percentile),
+    ``cos_mean``, ``rel_l2_max`` (max over rows of ``|a - b| / |b|``) and ``max_abs``.
+    """
+    a = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ConfigError(f"embedding shapes differ or are not 2-D: {a.shape} vs {b.shape}")
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    # Two zero vectors are identical; one zero vector against a non-zero one shares nothing.
+    denom = na * nb
+    dot = np.einsum("nd,nd->n", a, b)
+    cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))
+    cos = np.clip(cos, -1.0, 1.0)
+    diff = np.linalg.norm(a - b, axis=1)
+    rel = np.where(nb > 0, diff / np.where(nb > 0, nb, 1.0), np.where(diff > 0, np.inf, 0.0))
+    return {"cosines": cos, "cos_min": float(cos.min()), "cos_p001": float(np.quantile(cos, 0.001)),
+            "cos_mean": float(cos.mean()), "rel_l2_max": float(rel.max()),
+            "max_abs": float(np.abs(a - b).max()) if a.size else 0.0}
+
+
+def frame_labels(probs: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` [P(others), P(virus)] -> ``(N,) bool`` virus call, as ``pipeline.merge.labels``."""
+    return np.asarray(probs[:, 1] > probs[:, 0])
+
+
+def chunk_labels(ids: list[str], probs: np.ndarray) -> dict[str, bool]:
+    """Per-chunk virus call by the original's consensus (max score per class over the chunk's frames)."""
+    from pipeline.merge import consensus
+
+    table = consensus(ids, probs[:, 0], probs[:, 1])
+    return dict(zip(table["Modified_ID"], table["Is_Virus"].astype(bool), strict=True))
+
+
+def label_agreement(ids: list[str], candidate_probs: np.ndarray, baseline_probs: np.ndarray) -> tuple[float, float]:
+    """(frame agreement, chunk agreement) as fractions in [0, 1]."""
+    frame = float(np.mean(frame_labels(candidate_probs) == frame_labels(baseline_probs)))
+    a, b = chunk_labels(ids, candidate_probs), chunk_labels(ids, baseline_probs)
+    chunk = float(np.mean([a[c] == b[c] for c in b]))
+    return frame, chunk
+
+
+def passes(row: dict[str, Any], t: Thresholds) -> bool:
+    ok = (row["cos_min"] >= t.min_cosine and row["label_agreement"] >= t.min_label_agreement
+          and row["chunk_label_agreement"] >= t.min_label_agreement)
+    if t.max_rel_l2 is not None:
+        ok = ok and row["rel_l2_max"] <= t.max_rel_l2
+    return bool(ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# running the models
+
+
+def _encoder(kind: str, spec: str, precision: str, attention: str, cfg: EquivalenceConfig):
+    from pipeline.config import EncoderConfig
+    from pipeline.models.registry import load_encoder
+
+    return load_encoder(kind, EncoderConfig(spec, precision=precision, attention=attention, seed=cfg.seed),
+                        cfg.device, disable_compile=True)
+
+
+def _packed_embeddings(encoder, sequences: list[str], budget: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embed through the production path: FFD token-budget batches, ``embed_packed``.
+    Returns ``(N, D) float32`` in input order and packing stats."""
+    import torch
+
+    from pipeline.packing import choose_token_budget, packing_efficiency, plan_batches
+
+    tokens = [np.asarray(encoder.tokenizer.encode(s), dtype=np.int64) for s in sequences]
+    lengths = np.array([t.size for t in tokens])
+    param = next(encoder.parameters())
+    device = param.device
+    if budget is None:
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        budget = choose_token_budget(device_type=device.type, hidden_size=encoder.info.hidden_size,
+                                     dtype_bytes=param.element_size(), free_bytes=free)
+    plan = plan_batches(lengths, budget)
+    out = np.zeros((len(sequences), encoder.info.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for rows in plan:
+            ids = torch.from_numpy(np.concatenate([tokens[r] for r in rows])).to(device)
+            cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
+            cu[1:] = torch.from_numpy(np.cumsum(lengths[rows])).to(torch.int32)
+            pooled = encoder.embed_packed(ids, cu.to(device), int(lengths[rows].max()))
+            out[np.asarray(rows)] = pooled.float().cpu().numpy()
+    return out, {"batches": len(plan), "tokens": int(lengths.sum()), "token_budget": budget,
+                 "packing_efficiency": packing_efficiency(lengths, plan, budget)}
+
+
+def _reference_embeddings(encoder, sequences: list[str]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return encoder.embed_reference(list(sequences)).float().cpu().numpy()
+
+
+def _free(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
+    """Run every comparison of ``config`` and return one dict per row.
+
+    Row keys: comparison, model (the specifier, or ``dnabert-s+esm2``), kind, precision, backend
+    (resolved), baseline (what it was compared with), n, cos_min, cos_p001, cos_mean, rel_l2_max,
+    max_abs, label_agreement, chunk_label_agreement, passed, seconds, packing_efficiency, and
+    ``cosines`` (per sequence, when ``config.keep_cosines``).
+    """
+    import torch
+
+    from pipeline.classifier import load_classifier
+
+    frames = synthetic_frames(config.n, config.chunk_size, config.seed)
+    columns = {"dnabert-s": frames.nucleotide, "esm2": frames.protein}
+    specs = {"dnabert-s": config.dnabert_model, "esm2": config.esm_model}
+    precisions = [p for p in config.precisions if p != "fp32"]
+
+    # reference[kind]: v1 embeddings; candidates[(kind, backend, precision)]: packed v2 embeddings
+    reference: dict[str, np.ndarray] = {}
+    candidates: dict[tuple[str, str, str], tuple[np.ndarray, dict[str, Any]]] = {}
+    backends: dict[str, list[str]] = {}
+    for kind in _KINDS:
+        t0 = time.perf_counter()
+        ref_model = _encoder(kind, specs[kind], "fp32", config.attentions[0], config)
+        reference[kind] = _reference_embeddings(ref_model, columns[kind])
+        log.info("%s reference (v1) embeddings: %d x %d in %.1f s", kind, *reference[kind].shape,
+                 time.perf_counter() - t0)
+        del ref_model
+        _free(config.device)
+        backends[kind] = []
+        for attention in config.attentions:
+            for precision in ["fp32", *precisions]:
+                t0 = time.perf_counter()
+                model = _encoder(kind, specs[kind], precision, attention, config)
+                backend = model.backend
+                emb, stats = _packed_embeddings(model, columns[kind], config.token_budget)
+                stats["seconds"] = time.perf_counter() - t0
+                candidates[(kind, backend, precision)] = (emb, stats)
+                if backend not in backends[kind]:
+                    backends[kind].append(backend)
+                del model
+                _free(config.device)
+
+    dim = {k: reference[k].shape[1] for k in _KINDS}
+    classifier = load_classifier(config.classifier, input_dim=dim["dnabert-s"] + dim["esm2"])
+
+    def probs(parts: dict[str, np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.concatenate([parts["dnabert-s"], parts["esm2"]], axis=1))
+        return classifier.predict_proba(x).numpy()
+
+    ref_probs = probs(reference)
+    rows: list[dict[str, Any]] = []
+
+    def add(comparison: str, model: str, kind: str, precision: str, backend: str, baseline_name: str,
+            cand_parts: dict[str, np.ndarray], base_parts: dict[str, np.ndarray], stats: dict[str, Any]) -> None:
+        swapped = [k for k in _KINDS if cand_parts[k] is not base_parts[k]]
+        cand = np.concatenate([cand_parts[k] for k in swapped], axis=1)
+        base = np.concatenate([base_parts[k] for k in swapped], axis=1)
+        metrics = compare_embeddings(cand, base)
+        base_probs = ref_probs if all(base_parts[k] is reference[k] for k in _KINDS) else probs(base_parts)
+        frame_agree, chunk_agree = label_agreement(frames.ids, probs(cand_parts), base_probs)
+        row: dict[str, Any] = {
+            "comparison": comparison, "model": model, "kind": kind, "precision": precision, "backend": backend,
+            "baseline": baseline_name, "n": len(frames.ids),
+            **{k: v for k, v in metrics.items() if k != "cosines"},
+            "label_agreement": frame_agree, "chunk_label_agreement": chunk_agree,
+            "n_chunks": len({i[:-2] for i in frames.ids}), **stats,
+        }
+        row["passed"] = passes(row, config.thresholds)
+        if config.keep_cosines:
+            row["cosines"] = [float(c) for c in metrics["cosines"]]
+        rows.append(row)
+
+    for kind in _KINDS:
+        for backend in backends[kind]:
+            fp32, fp32_stats = candidates[(kind, backend, "fp32")]
+            add("packing", specs[kind], kind, "fp32", backend, "fp32 reference (padded, v1)",
+                {**reference, kind: fp32}, reference, fp32_stats)
+            for precision in precisions:
+                emb, stats = candidates[(kind, backend, precision)]
+                add("precision", specs[kind], kind, precision, backend, f"fp32 packed ({backend})",
+                    {**reference, kind: emb}, {**reference, kind: fp32}, stats)
+                add("end-to-end", specs[kind], kind, precision, backend, "fp32 reference (padded, v1)",
+                    {**reference, kind: emb}, reference, stats)
+    # Both models swapped at once: the classifier input production actually computes.
+    for i, dna_backend in enumerate(backends["dnabert-s"]):
+        esm_backend = backends["esm2"][min(i, len(backends["esm2"]) - 1)]
+        for precision in ["fp32", *precisions]:
+            dna, _ = candidates[("dnabert-s", dna_backend, precision)]
+            esm, _ = candidates[("esm2", esm_backend, precision)]
+            add("end-to-end", COMBINED, COMBINED, precision, f"{dna_backend}+{esm_backend}",
+                "fp32 reference (padded, v1)", {"dnabert-s": dna, "esm2": esm}, reference, {})
+    return rows
+
+
+def validation_document(config: EquivalenceConfig, rows: list[dict[str, Any]], started_at: str) -> dict[str, Any]:
+    """The ``virnucpro validate --json`` document (schema ``virnucpro.validate/1``)."""
+    from pipeline.runinfo import environment_info, new_run_id, utc_now
+
+    cfg = asdict(config)
+    thresholds = cfg.pop("thresholds")
+    return {"schema": SCHEMA, "run_id": new_run_id(), "kind": "validate", "started_at": started_at,
+            "finished_at": utc_now(), "environment": environment_info(), "config": cfg,
+            "thresholds": thresholds, "passed": all(r["passed"] for r in rows), "results": rows}
+
+
+def run_validation(config: EquivalenceConfig, json_path: str | Path, db_path: str | Path | None = None,
+                   *, enforce_thresholds: bool = True) -> dict[str, Any]:
+    """`run_equivalence`, then write the JSON document atomically to ``json_path``, optionally ingest
+    it into the metrics store at ``db_path``, and finally (with ``enforce_thresholds``) raise
+    `ThresholdFailed` if a row failed. Returns the document."""
+    import json
+
+    from pipeline.atomic import atomic_write_text
+    from pipeline.runinfo import utc_now
+
+    started = utc_now()
+    rows = run_equivalence(config)
+    doc = validation_document(config, rows, started)
+    atomic_write_text(json_path, json.dumps(doc, indent=1))
+    if db_path is not None:
+        from validation.store import MetricsStore
+
+        MetricsStore(db_path).ingest_file(json_path)
+    if enforce_thresholds:
+        enforce(rows, config.thresholds)
+    return doc
+
+
+def enforce(rows: list[dict[str, Any]], thresholds: Thresholds) -> None:
+    """Raise `ThresholdFailed` naming the failing rows, if any."""
+    bad = [r for r in rows if not r["passed"]]
+    if bad:
+        worst = min(bad, key=lambda r: r["cos_min"])
+        raise ThresholdFailed(
+            f"{len(bad)} of {len(rows)} equivalence checks failed (min cosine {thresholds.min_cosine}, "
+            f"min label agreement {thresholds.min_label_agreement}); worst: {worst['model']} "
+            f"{worst['comparison']} {worst['precision']}/{worst['backend']} cos_min={worst['cos_min']:.9f} "
+            f"label agreement={worst['label_agreement']:.4f}; see the JSON for every row")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table of the rows (what ``virnucpro validate`` prints)."""
+    head = ("model", "comparison", "prec", "backend", "n", "cos_min", "cos_p0.1", "cos_mean", "rel_l2",
+            "max_abs", "lab_agr", "chunk_agr", "ok")
+    body = [(_short(r["model"]), r["comparison"], r["precision"], r["backend"], str(r["n"]),
+             f"{r['cos_min']:.7f}", f"{r['cos_p001']:.7f}", f"{r['cos_mean']:.7f}", f"{r['rel_l2_max']:.2e}",
+             f"{r['max_abs']:.2e}", f"{r['label_agreement']:.4f}", f"{r['chunk_label_agreement']:.4f}",
+             "PASS" if r["passed"] else "FAIL") for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body])
+
+
+def _short(spec: str, width: int = 28) -> str:
+    return spec if len(spec) <= width else "…" + spec[-(width - 1):]
