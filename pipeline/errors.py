@@ -60,3 +60,9 @@ class ThresholdFailed(VirNucProError):
     """A validation or regression threshold failed."""
 
     exit_code = 9
+
+
+class WorkerFailedError(VirNucProError):
+    """Embedding workers kept failing and no healthy worker was left to take over their work."""
+
+    exit_code = 10
