@@ -20,8 +20,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# The nightly DAG run in-process (`airflow dags test`) on a fresh SQLite AIRFLOW_HOME, offline demo
+# models; prints the path of the HTML report. DEMO_SKIP_BENCHMARKS=1 leaves the benchmarks out.
 demo: $(STAMP)
-	$(VENV)/bin/virnucpro prepare examples/demo.fa -o $(DEMO_OUT)
+	AIRFLOW=$(abspath $(VENV))/bin/airflow scripts/airflow_demo.sh $(DEMO_OUT)
+
+# Local Airflow on 127.0.0.1 only (api-server, scheduler, dag-processor, triggerer) with the "gpu"
+# pool; AIRFLOW_PORT (8080), GPU_SLOTS and AIRFLOW_HOME_DIR (out/airflow_home) can be set.
+airflow: $(STAMP)
+	AIRFLOW=$(abspath $(VENV))/bin/airflow scripts/airflow_serve.sh
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks/ --benchmark-autosave

@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         preset["compile"] = True
     device = torch.device("cpu" if args.smoke else args.device)
     if device.type == "cuda":
+        if device.index is None:  # set_device and mem_get_info want an explicit index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     # the fp32 reference must be real fp32 (no TF32 matmuls)
     torch.backends.cuda.matmul.allow_tf32 = False
