@@ -26,7 +26,6 @@ _COMMANDS = {
     "validate": "validate",
     "ingest": "ingest",
     "report": "report",
-    "scale": "scale",
 }
 
 
