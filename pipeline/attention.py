@@ -25,6 +25,7 @@ Capabilities are detected once at import time.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 
 import torch
@@ -42,23 +43,26 @@ except Exception:  # ImportError, or a broken build raising at import (undefined
     _flash_attn_varlen_func = None
     HAS_FLASH_ATTN = False
 
-try:
-    from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
+# torch's varlen and flex modules import torch._dynamo (about 1.3 s), which CPU runs and spawned
+# workers never need: detect them here, import them on first use.
+HAS_TORCH_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
-    HAS_TORCH_VARLEN = True
-except ImportError:
-    _torch_varlen_attn = None
-    HAS_TORCH_VARLEN = False
 
-try:
-    from torch.nn.attention.flex_attention import create_block_mask as _create_block_mask
-    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+@functools.cache
+def _torch_varlen():
+    from torch.nn.attention.varlen import varlen_attn
 
-    HAS_FLEX = True
-except ImportError:
-    _create_block_mask = None
-    _flex_attention = None
-    HAS_FLEX = False
+    return varlen_attn
+
+
+@functools.cache
+def _flex():
+    """``(flex_attention, create_block_mask)``."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    return flex_attention, create_block_mask
+
 
 KERNEL_BACKENDS = ("flash-attn", "torch-varlen", "flex", "sdpa")
 """Real attention kernels, fastest first."""
@@ -190,7 +194,7 @@ def varlen_attention(
     if backend == "torch-varlen":
         if alibi_slopes is not None:
             raise BackendUnavailableError("torch-varlen cannot apply ALiBi slopes; use flash-attn, flex or sdpa")
-        return _torch_varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
+        return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     if backend == "flex":
         return flex_varlen(q, k, v, cu_seqlens, scale, alibi_slopes, compiled=True, block_mask=flex_mask)
     if backend == "sdpa":
@@ -252,7 +256,7 @@ def sdpa_varlen(
 
 @functools.cache
 def _compiled_flex():
-    return torch.compile(_flex_attention, dynamic=True)
+    return torch.compile(_flex()[0], dynamic=True)
 
 
 def flex_varlen(
@@ -288,9 +292,9 @@ def flex_varlen(
             return score - slopes[h] * (q_idx - kv_idx).abs()
 
     if block_mask is None:
-        block_mask = _create_block_mask(same_sequence, None, None, total, total, device=q.device,
+        block_mask = _flex()[1](same_sequence, None, None, total, total, device=q.device,
                                         _compile=compiled)
-    fn = _compiled_flex() if compiled else _flex_attention
+    fn = _compiled_flex() if compiled else _flex()[0]
     out = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
              score_mod=score_mod, block_mask=block_mask, scale=scale)
     return out[0].transpose(0, 1)
@@ -306,7 +310,7 @@ def flex_block_mask(cu_seqlens: torch.Tensor, total: int, *, compiled: bool = Tr
     def same_sequence(b, h, q_idx, kv_idx):
         return seq_id[q_idx] == seq_id[kv_idx]
 
-    return _create_block_mask(same_sequence, None, None, total, total, device=cu_seqlens.device,
+    return _flex()[1](same_sequence, None, None, total, total, device=cu_seqlens.device,
                               _compile=compiled)
 
 
