@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,12 @@ def _vectors(dirs) -> dict[str, np.ndarray]:
     return {i: vectors[r] for r, i in enumerate(emb.ids.tolist())}
 
 
-def _clean_run(table: pa.Table, kind: str, model: str, tmp: Path) -> dict[str, np.ndarray]:
-    """The reference: this process, one device, one shard holding every row."""
+def _clean_run(table: pa.Table, kind: str, model: str, tmp: Path, device: str = "cpu") -> dict[str, np.ndarray]:
+    """The reference: this process, one device, one shard holding every row.
+
+    ``device`` must be of the same type as the workers': ``random:`` weights come from that
+    device's random generator, so CPU and CUDA draw different weights from the same seed.
+    """
     import torch
 
     from pipeline.embed import embed_shard
@@ -81,7 +86,7 @@ def _clean_run(table: pa.Table, kind: str, model: str, tmp: Path) -> dict[str, n
     torch.set_num_threads(1)
     shard = tmp / "all.parquet"
     pq.write_table(table, shard)
-    embed_shard(shard, None, kind, _cfg(model), tmp / "clean")
+    embed_shard(shard, None, kind, replace(_cfg(model), device=device), tmp / "clean")
     return _vectors([tmp / "clean"])
 
 
@@ -317,7 +322,7 @@ def test_each_worker_runs_on_exactly_the_gpu_it_was_given(tmp_path: Path) -> Non
     summary = embed_all(shards, None, "esm2", _cfg(ESM), gpus, tmp_path / "out")
     assert [w["device"] for w in summary["workers"]] == [f"cuda:{g}" for g in gpus]
     assert sorted(r["stages"][0]["device"] for r in summary["records"]) == sorted(f"cuda:{g}" for g in gpus)
-    want = _clean_run(table, "esm2", ESM, tmp_path)
+    want = _clean_run(table, "esm2", ESM, tmp_path, device=f"cuda:{gpus[0]}")
     got = _vectors(summary["output_dirs"])
     for i, v in want.items():
         np.testing.assert_allclose(got[i], v, rtol=1e-3, atol=1e-3, err_msg=i)

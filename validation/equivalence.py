@@ -291,10 +291,12 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     specs = {"dnabert-s": config.dnabert_model, "esm2": config.esm_model}
     precisions = [p for p in config.precisions if p != "fp32"]
 
-    # reference[kind]: v1 embeddings; candidates[(kind, backend, precision)]: packed v2 embeddings
+    # reference[kind]: v1 embeddings; candidates[(kind, attention, precision)]: packed v2 embeddings
+    # with the backend that ran. One requested attention can resolve to different kernels per
+    # precision (on CUDA, auto picks torch-varlen for fp16 but a fp32-capable kernel for fp32).
     reference: dict[str, np.ndarray] = {}
-    candidates: dict[tuple[str, str, str], tuple[np.ndarray, dict[str, Any]]] = {}
-    backends: dict[str, list[str]] = {}
+    candidates: dict[tuple[str, str, str], tuple[np.ndarray, dict[str, Any], str]] = {}
+    attentions: dict[str, list[str]] = {}  # per kind, requested attentions with distinct kernels
     for kind in _KINDS:
         t0 = time.perf_counter()
         ref_model = _encoder(kind, specs[kind], "fp32", config.attentions[0], config)
@@ -303,19 +305,22 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
                  time.perf_counter() - t0)
         del ref_model
         _free(config.device)
-        backends[kind] = []
+        attentions[kind] = []
+        seen_kernels: set[tuple[str, ...]] = set()
         for attention in config.attentions:
+            kernels = []
             for precision in ["fp32", *precisions]:
                 t0 = time.perf_counter()
                 model = _encoder(kind, specs[kind], precision, attention, config)
-                backend = model.backend
                 emb, stats = _packed_embeddings(model, columns[kind], config.token_budget)
                 stats["seconds"] = time.perf_counter() - t0
-                candidates[(kind, backend, precision)] = (emb, stats)
-                if backend not in backends[kind]:
-                    backends[kind].append(backend)
+                candidates[(kind, attention, precision)] = (emb, stats, model.backend)
+                kernels.append(model.backend)
                 del model
                 _free(config.device)
+            if tuple(kernels) not in seen_kernels:  # e.g. auto and sdpa on CPU: compare once
+                seen_kernels.add(tuple(kernels))
+                attentions[kind].append(attention)
 
     dim = {k: reference[k].shape[1] for k in _KINDS}
     classifier = load_classifier(config.classifier, input_dim=dim["dnabert-s"] + dim["esm2"])
@@ -348,22 +353,22 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         rows.append(row)
 
     for kind in _KINDS:
-        for backend in backends[kind]:
-            fp32, fp32_stats = candidates[(kind, backend, "fp32")]
-            add("packing", specs[kind], kind, "fp32", backend, "fp32 reference (padded, v1)",
+        for attention in attentions[kind]:
+            fp32, fp32_stats, fp32_backend = candidates[(kind, attention, "fp32")]
+            add("packing", specs[kind], kind, "fp32", fp32_backend, "fp32 reference (padded, v1)",
                 {**reference, kind: fp32}, reference, fp32_stats)
             for precision in precisions:
-                emb, stats = candidates[(kind, backend, precision)]
-                add("precision", specs[kind], kind, precision, backend, f"fp32 packed ({backend})",
+                emb, stats, backend = candidates[(kind, attention, precision)]
+                add("precision", specs[kind], kind, precision, backend, f"fp32 packed ({fp32_backend})",
                     {**reference, kind: emb}, {**reference, kind: fp32}, stats)
                 add("end-to-end", specs[kind], kind, precision, backend, "fp32 reference (padded, v1)",
                     {**reference, kind: emb}, reference, stats)
     # Both models swapped at once: the classifier input production actually computes.
-    for i, dna_backend in enumerate(backends["dnabert-s"]):
-        esm_backend = backends["esm2"][min(i, len(backends["esm2"]) - 1)]
+    for i, dna_attention in enumerate(attentions["dnabert-s"]):
+        esm_attention = attentions["esm2"][min(i, len(attentions["esm2"]) - 1)]
         for precision in ["fp32", *precisions]:
-            dna, _ = candidates[("dnabert-s", dna_backend, precision)]
-            esm, _ = candidates[("esm2", esm_backend, precision)]
+            dna, _, dna_backend = candidates[("dnabert-s", dna_attention, precision)]
+            esm, _, esm_backend = candidates[("esm2", esm_attention, precision)]
             add("end-to-end", COMBINED, COMBINED, precision, f"{dna_backend}+{esm_backend}",
                 "fp32 reference (padded, v1)", {"dnabert-s": dna, "esm2": esm}, reference, {})
     return rows
