@@ -47,11 +47,23 @@ def short_read_frames(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return ids, seqs
 
 
-def write_shard(path: Path, ids: list[str], seqs: list[str]) -> Path:
+def short_read_dna_frames(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` random nucleotide frames of a 150 bp short-read mix (what DNABERT-S embeds): 100-151 bp."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(100, 152, n)
+    bases = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, int(lengths.sum()))].tobytes().decode()
+    ends = np.cumsum(lengths)
+    seqs = [bases[a:b] for a, b in zip((ends - lengths).tolist(), ends.tolist())]
+    ids = [f"read{i // 6}_{'FR'[(i % 6) // 3]}{1 + i % 3}" for i in range(n)]
+    return ids, seqs
+
+
+def write_shard(path: Path, ids: list[str], seqs: list[str], column: str = "protein") -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": ids, "nucleotide": ["N"] * len(ids), "protein": seqs}), path)
+    other = "nucleotide" if column == "protein" else "protein"
+    pq.write_table(pa.table({"id": ids, column: seqs, other: ["A"] * len(ids)}), path)
     return path
 
 
@@ -122,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="JSON results file")
     ap.add_argument("--smoke", action="store_true", help="tiny model and shard on CPU (checks the script)")
     ap.add_argument("--frames", type=int, default=None, help="frames in the synthetic shard (default 200000)")
-    ap.add_argument("--model", default=None, help="default random:esm2_t36_3B_UR50D")
+    ap.add_argument("--kind", default="esm2", choices=("esm2", "dnabert-s"))
+    ap.add_argument("--model", default=None, help="default random:esm2_t36_3B_UR50D / random:dnabert-s")
     ap.add_argument("--precision", default=None, help="default fp16 (fp32 with --smoke)")
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile the layer function (both paths)")
@@ -148,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
     if smoke:
         torch.set_num_threads(1)
-    model = args.model or ("random:esm2_t6_8M_UR50D" if smoke else "random:esm2_t36_3B_UR50D")
+    kind = args.kind
+    defaults = {"esm2": ("random:esm2_t6_8M_UR50D", "random:esm2_t36_3B_UR50D"),
+                "dnabert-s": ("random:dnabert-s-tiny", "random:dnabert-s")}
+    model = args.model or defaults[kind][0 if smoke else 1]
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     frames = args.frames or (120 if smoke else 200_000)
     part_size = args.part_size or (32 if smoke else 4096)
@@ -160,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     enc_cfg = EncoderConfig(model=model, precision=precision, attention=args.attention, compile=args.compile)
     t = time.perf_counter()
-    encoder = load_encoder("esm2", enc_cfg, device)
+    encoder = load_encoder(kind, enc_cfg, device)
     encoder.eval()
     load_s = time.perf_counter() - t
 
-    ids, seqs = short_read_frames(frames)
+    ids, seqs = (short_read_frames if kind == "esm2" else short_read_dna_frames)(frames)
     tokenized = encoder.tokenizer.encode_batch(seqs)
     lengths = np.array([x.size for x in tokenized])
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
@@ -191,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="runner_device_"))
     try:
-        shard = write_shard(work / "shard-000.parquet", ids, seqs)
+        shard = write_shard(work / "shard-000.parquet", ids, seqs, "protein" if kind == "esm2" else "nucleotide")
         cfg = EmbedConfig(encoder=enc_cfg, device=str(device), token_budget=budget, num_workers=None,
                           part_size=part_size, resume=False, progress=False)
         t = time.perf_counter()
         try:
-            record = embed_shard(shard, None, "esm2", cfg, work / "out", encoder=encoder)
+            record = embed_shard(shard, None, kind, cfg, work / "out", encoder=encoder)
         except Exception as exc:  # keep the bare numbers and say what failed
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"benchmark": "runner_device", "environment": environment_info(),
@@ -212,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "runner_device",
         "environment": environment_info(),
-        "config": {"model": model, "precision": precision, "attention": args.attention,
+        "config": {"kind": kind, "model": model, "precision": precision, "attention": args.attention,
                    "backend": encoder.backend, "compile": args.compile, "device": str(device),
                    "frames_requested": args.frames or (120 if smoke else 200_000), "frames": frames,
                    "frames_capped_to_fit_time": capped, "token_budget": budget, "part_size": part_size,
