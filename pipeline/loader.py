@@ -130,17 +130,18 @@ def _worker_init(_: int) -> None:
 
 def choose_workers(tokenizer: Tokenizer, sequences: Sequence[str], *, sample: int = 2000,
                    serial_limit_s: float = 5.0) -> int:
-    """Tokenizer workers worth spawning for this shard: 0 when tokenizing in-process is estimated
-    (from a timed sample) to take under ``serial_limit_s``, since spawning a worker costs seconds
-    (it imports torch); otherwise about one worker per 2 s of estimated work, at most 8 and at
+    """Tokenizer workers worth spawning for this shard: 0 when the tokenizer is already parallel
+    (``parallel_batch``) or tokenizing in-process is estimated (from a timed sample) to take under
+    ``serial_limit_s``, since spawning a worker costs seconds (it imports torch); otherwise about one worker per 2 s of estimated work, at most 8 and at
     most half the CPUs."""
     import os
     import time
 
     n = len(sequences)
-    if n == 0:
+    if n == 0 or tokenizer.parallel_batch:
         return 0
     k = min(sample, n)
+    tokenizer.encode_batch(list(sequences[:16]))  # one-time set-up is not per-row cost
     t = time.perf_counter()
     tokenizer.encode_batch(list(sequences[:k]))
     estimate = (time.perf_counter() - t) * n / k

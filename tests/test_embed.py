@@ -291,3 +291,24 @@ def test_cuda_runner_matches_reference(tmp_path: Path) -> None:
     enc = load_encoder("esm2", EncoderConfig("random:esm2_t6_8M_UR50D"), "cuda")
     ref = enc.embed_reference(seqs).cpu().numpy()
     assert _cosines(es.lookup([f"seq{i}_F1" for i in range(200)]), ref).min() > 0.999
+
+
+def test_choose_workers_spawns_none_for_parallel_tokenizers_and_some_for_slow_serial_ones():
+    from pipeline.loader import choose_workers
+    from pipeline.models.base import Tokenizer
+
+    class SlowSerial(Tokenizer):
+        def encode(self, sequence: str) -> np.ndarray:
+            return np.frombuffer(sequence.encode() * 50, dtype=np.uint8).astype(np.int64)
+
+        @property
+        def pad_id(self) -> int:
+            return 0
+
+    class Parallel(SlowSerial):
+        parallel_batch = True
+
+    seqs = ["ACGT" * 40] * 4000
+    assert choose_workers(SlowSerial(), seqs, serial_limit_s=0.0) >= 1
+    assert choose_workers(SlowSerial(), seqs, serial_limit_s=1e6) == 0
+    assert choose_workers(Parallel(), seqs, serial_limit_s=0.0) == 0

@@ -20,6 +20,10 @@ ModelKind = Literal["esm2", "dnabert-s"]
 class Tokenizer(abc.ABC):
     """Picklable sequence -> token-id encoder (used inside spawned DataLoader workers)."""
 
+    #: True when `encode_batch` already spreads over every core (a Rust fast tokenizer): then
+    #: tokenizer worker processes only add their start-up cost and compete for the same cores.
+    parallel_batch: bool = False
+
     @abc.abstractmethod
     def encode(self, sequence: str) -> np.ndarray:
         """Return ``(L,) int64`` token ids of one sequence, special tokens (BOS/CLS, EOS/SEP) included."""

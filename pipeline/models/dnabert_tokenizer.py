@@ -47,6 +47,8 @@ class DNABERTTokenizer(Tokenizer):
     receiving process (DataLoader workers).
     """
 
+    parallel_batch = True  # tokenizers' encode_batch runs on a Rust thread pool
+
     def __init__(self, json_text: str, source: str = "tokenizer.json") -> None:
         self._json_text = json_text
         self._source = source
