@@ -1,0 +1,175 @@
+"""VirNucPro nightly validation: the production steps on a reference sample, then v1-vs-v2
+equivalence and the benchmark suite, all ingested into the DuckDB metrics store, then the HTML
+regression report.
+
+The report is rendered even when a check fails; the last task (``gate``) then fails the run, so a
+threshold or regression failure shows as a red run in the UI with the report already written to
+``<output_dir>/report.html``.
+
+Defaults run offline on CPU (the tiny random demo models on ``examples/demo.fa``); on a GPU host set
+``demo`` off, the real models, ``gpu_slots`` and ``precision``. ``make demo`` runs this DAG in-process
+with ``airflow dags test``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import Param, conf, dag, task
+
+from pipeline.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
+from pipeline.orchestration import GPU_POOL, GPU_QUEUE, gpu_executor_config
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT_ROOT = REPO / "out" / "nightly"
+
+PARAMS = {
+    "input_path": Param(str(REPO / "examples" / "demo.fa"), type="string", minLength=1,
+                        title="Reference sample", description="FASTA the nightly run classifies."),
+    "output_dir": Param("", type="string", title="Output directory",
+                        description="Empty = out/nightly/<run id> in the repository."),
+    "chunk_size": Param(500, type="integer", minimum=3, examples=[300, 500], title="Chunk size (bp)"),
+    "esm_model": Param(DEFAULT_ESM_MODEL, type="string", minLength=1, title="ESM-2 model"),
+    "dnabert_model": Param(DEFAULT_DNABERT_MODEL, type="string", minLength=1, title="DNABERT-S model"),
+    "classifier": Param("random", type="string", minLength=1, title="Classifier"),
+    "precision": Param("auto", enum=["auto", *PRECISIONS], title="Precision",
+                       description="auto = fp16 on GPUs, fp32 on CPU."),
+    "attention": Param("auto", enum=list(ATTENTION_BACKENDS), title="Attention backend"),
+    "gpu_slots": Param(0, type="integer", minimum=0, title="GPU slots",
+                       description="Shards, one GPU each; 0 embeds one shard on CPU."),
+    "resume": Param(False, type="boolean", title="Resume"),
+    "demo": Param(True, type="boolean", title="Demo models",
+                  description="Tiny random models and classifier: offline and CPU-sized."),
+    "validation_sequences": Param(16, type="integer", minimum=1, title="Frames compared v1 vs v2"),
+    "min_cosine": Param(0.999, type="number", minimum=-1, maximum=1, title="Minimum cosine v1 vs v2",
+                        description="Every frame's cosine similarity, v2 against v1, must reach this."),
+    "min_label_agreement": Param(0.999, type="number", minimum=0, maximum=1, title="Minimum label agreement",
+                                 description="Fraction of frames and chunks whose label v2 must keep."),
+    "skip_benchmarks": Param(False, type="boolean", title="Skip benchmarks"),
+    "benchmarks_path": Param(str(REPO / "benchmarks"), type="string", title="Benchmarks directory"),
+    "regression_threshold": Param(0.25, type="number", minimum=0, title="Slowdown threshold",
+                                  description="A metric this fraction worse than the previous run fails "
+                                              "the run (0.25 = 25 %; CPU timings are noisy)."),
+    "fail_on_regression": Param(True, type="boolean", title="Fail on regression",
+                                description="Off: slowdowns are only reported, not failed (noisy machines)."),
+    "metrics_db": Param("", type="string", title="Metrics database",
+                        description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb."),
+}
+
+
+# Queues matter only to CeleryExecutor (LocalExecutor ignores them); the pod override only to
+# KubernetesExecutor. Both are set for the tasks that use a GPU when one is asked for.
+_GPU_TASK = {"pool": GPU_POOL, "queue": GPU_QUEUE,
+             "executor_config": gpu_executor_config(conf.get("core", "executor", fallback="LocalExecutor"))}
+
+
+def _run_dir(params, run_id) -> str:
+    from pipeline.orchestration import resolve_output_dir
+
+    return str(resolve_output_dir(params["output_dir"], DEFAULT_OUTPUT_ROOT, run_id))
+
+
+@dag(
+    dag_id="virnucpro_nightly",
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params=PARAMS,
+    tags=["virnucpro", "validation"],
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    doc_md=__doc__,
+    max_active_runs=1,
+)
+def virnucpro_nightly() -> None:
+    @task
+    def prepare(params=None, run_id=None) -> str:
+        from pipeline.orchestration import prepare_step
+
+        return prepare_step(params, _run_dir(params, run_id))
+
+    @task
+    def shard(run_dir: str, params=None) -> list[str]:
+        from pipeline.orchestration import shard_step
+
+        return shard_step(run_dir, int(params["gpu_slots"]))
+
+    @task(retries=2, **_GPU_TASK)
+    def embed(shard_path: str, run_dir: str, params=None, ti=None) -> list[str]:
+        from pipeline.orchestration import embed_step
+
+        return embed_step(params, run_dir, shard_path, ti.map_index, ti.try_number)
+
+    @task(trigger_rule="none_failed")
+    def classify(run_dir: str, shard_paths: list[str], params=None) -> str:
+        from pipeline.orchestration import classify_step
+
+        return classify_step(params, run_dir, shard_paths)
+
+    @task
+    def merge(run_dir: str, scores: str) -> dict[str, str]:
+        from pipeline.orchestration import merge_step
+
+        return merge_step(run_dir)
+
+    @task
+    def record(run_dir: str, outputs: dict[str, str], params=None, run_id=None) -> str:
+        from pipeline.orchestration import record_step
+
+        return record_step(params, run_dir, f"virnucpro_nightly:{run_id}", outputs, params["metrics_db"] or None)
+
+    @task(**_GPU_TASK)
+    def equivalence(run_dir: str, params=None, run_id=None) -> str:
+        from pipeline.orchestration import equivalence_step
+
+        return equivalence_step(params, run_dir, f"virnucpro_nightly:{run_id}:validate")
+
+    @task
+    def benchmarks(run_dir: str, params=None) -> str | None:
+        from pipeline.orchestration import benchmark_step
+
+        return benchmark_step(run_dir, params["benchmarks_path"], bool(params["skip_benchmarks"]))
+
+    @task
+    def ingest(run_record: str, equivalence_json: str, benchmark_json: str | None, params=None) -> str:
+        from pipeline.orchestration import ingest_step
+
+        return ingest_step([run_record, equivalence_json, benchmark_json], params["metrics_db"] or None)
+
+    @task
+    def regressions(metrics_db: str, run_dir: str, params=None) -> str:
+        from pipeline.orchestration import regression_step
+
+        return regression_step(metrics_db, float(params["regression_threshold"]), run_dir)
+
+    # all_done: the report is written whatever failed before it, so a red run still has one.
+    @task(trigger_rule="all_done")
+    def report(params=None, run_id=None) -> str:
+        from pipeline.orchestration import report_step
+
+        return report_step(params["metrics_db"] or None, _run_dir(params, run_id),
+                           float(params["regression_threshold"]))
+
+    # No retries: a failed threshold does not fix itself.
+    @task(retries=0)
+    def gate(equivalence_json: str, regressions_json: str, report_html: str, params=None) -> None:
+        from pipeline.orchestration import gate_step
+
+        gate_step(equivalence_json, regressions_json if params["fail_on_regression"] else None)
+
+    run_dir = prepare()
+    shards = shard(run_dir)
+    embedded = embed.partial(run_dir=run_dir).expand(shard_path=shards)
+    scores = classify(run_dir, shards)
+    embedded >> scores
+    run_record = record(run_dir, merge(run_dir, scores))
+    equivalence_json = equivalence(run_dir)
+    benchmark_json = benchmarks(run_dir)
+    run_record >> benchmark_json  # benchmarks after the production run: they share the CPUs
+    db = ingest(run_record, equivalence_json, benchmark_json)
+    regressions_json = regressions(db, run_dir)
+    report_html = report()
+    regressions_json >> report_html
+    gate(equivalence_json, regressions_json, report_html)
+
+
+virnucpro_nightly()
