@@ -15,10 +15,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Param, conf, dag, task
+from airflow.sdk import Param, dag, task
 
 from pipeline.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
-from pipeline.orchestration import GPU_POOL, GPU_QUEUE, gpu_executor_config
+from pipeline.dag_tasks import gpu_task_kwargs, output_dir_for, production_chain
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_ROOT = REPO / "out" / "nightly"
@@ -57,16 +57,8 @@ PARAMS = {
 }
 
 
-# Queues matter only to CeleryExecutor (LocalExecutor ignores them); the pod override only to
-# KubernetesExecutor. Both are set for the tasks that use a GPU when one is asked for.
-_GPU_TASK = {"pool": GPU_POOL, "queue": GPU_QUEUE,
-             "executor_config": gpu_executor_config(conf.get("core", "executor", fallback="LocalExecutor"))}
-
-
 def _run_dir(params, run_id) -> str:
-    from pipeline.orchestration import resolve_output_dir
-
-    return str(resolve_output_dir(params["output_dir"], DEFAULT_OUTPUT_ROOT, run_id))
+    return output_dir_for(params, run_id, DEFAULT_OUTPUT_ROOT)
 
 
 @dag(
@@ -81,43 +73,7 @@ def _run_dir(params, run_id) -> str:
     max_active_runs=1,
 )
 def virnucpro_nightly() -> None:
-    @task
-    def prepare(params=None, run_id=None) -> str:
-        from pipeline.orchestration import prepare_step
-
-        return prepare_step(params, _run_dir(params, run_id))
-
-    @task
-    def shard(run_dir: str, params=None) -> list[str]:
-        from pipeline.orchestration import shard_step
-
-        return shard_step(run_dir, int(params["gpu_slots"]))
-
-    @task(retries=2, **_GPU_TASK)
-    def embed(shard_path: str, run_dir: str, params=None, ti=None) -> list[str]:
-        from pipeline.orchestration import embed_step
-
-        return embed_step(params, run_dir, shard_path, ti.map_index, ti.try_number)
-
-    @task(trigger_rule="none_failed")
-    def classify(run_dir: str, shard_paths: list[str], params=None) -> str:
-        from pipeline.orchestration import classify_step
-
-        return classify_step(params, run_dir, shard_paths)
-
-    @task
-    def merge(run_dir: str, scores: str) -> dict[str, str]:
-        from pipeline.orchestration import merge_step
-
-        return merge_step(run_dir)
-
-    @task
-    def record(run_dir: str, outputs: dict[str, str], params=None, run_id=None) -> str:
-        from pipeline.orchestration import record_step
-
-        return record_step(params, run_dir, f"virnucpro_nightly:{run_id}", outputs, params["metrics_db"] or None)
-
-    @task(**_GPU_TASK)
+    @task(**gpu_task_kwargs())
     def equivalence(run_dir: str, params=None, run_id=None) -> str:
         from pipeline.orchestration import equivalence_step
 
@@ -156,12 +112,7 @@ def virnucpro_nightly() -> None:
 
         gate_step(equivalence_json, regressions_json if params["fail_on_regression"] else None)
 
-    run_dir = prepare()
-    shards = shard(run_dir)
-    embedded = embed.partial(run_dir=run_dir).expand(shard_path=shards)
-    scores = classify(run_dir, shards)
-    embedded >> scores
-    run_record = record(run_dir, merge(run_dir, scores))
+    run_dir, run_record = production_chain("virnucpro_nightly", DEFAULT_OUTPUT_ROOT)
     equivalence_json = equivalence(run_dir)
     benchmark_json = benchmarks(run_dir)
     run_record >> benchmark_json  # benchmarks after the production run: they share the CPUs

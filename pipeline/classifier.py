@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.atomic import atomic_path
+from pipeline.config import is_random_classifier
 from pipeline.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def load_classifier(spec: str | Path, input_dim: int | None = None) -> MLPClassi
         ModelLoadError: missing file, unknown or unsafe format, wrong width.
     """
     text = str(spec)
-    if text == "random" or text.startswith("random:"):
+    if is_random_classifier(text):
         if input_dim is None:
             raise ModelLoadError("a random classifier needs input_dim (DNABERT-S width + ESM-2 width)")
         seed_text = text.partition(":")[2] or "0"

@@ -211,6 +211,12 @@ def parse_gpus(text: str | None) -> tuple[int, ...]:
         raise ConfigError(f"--gpus {text!r} is not a comma-separated list of GPU indices, e.g. 0,1") from None
 
 
+def is_random_classifier(spec: str | Path) -> bool:
+    """True for the classifier specs ``random`` and ``random:<seed>`` (random weights, no file)."""
+    text = str(spec)
+    return text == "random" or text.startswith("random:")
+
+
 __all__ = [
     "ATTENTION_BACKENDS",
     "DEFAULT_CHUNK_SIZE",
@@ -221,6 +227,7 @@ __all__ = [
     "EncoderConfig",
     "PredictConfig",
     "Settings",
+    "is_random_classifier",
     "parse_gpus",
     "replace",
     "validate_choice",

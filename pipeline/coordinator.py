@@ -167,14 +167,6 @@ def valid_parts(out_dir: Path, *, verify_checksums: bool = True) -> list[int]:
                           verify_checksums=verify_checksums) is None]
 
 
-def completed_ids(out_dir: Path) -> list[str]:
-    """Ids in the valid (completed) parts of one embedding output directory; [] if there are none."""
-    ids: list[str] = []
-    for index in valid_parts(out_dir):
-        ids.extend(_read_part_ids(out_dir, index))
-    return ids
-
-
 def output_ids(out_dir: Path) -> list[str]:
     """Ids of a finished output directory, as `pipeline.store.open_embeddings` will read them.
 

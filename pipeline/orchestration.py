@@ -29,12 +29,12 @@ from pipeline.config import (
     DEFAULT_DNABERT_MODEL,
     DEFAULT_ESM_MODEL,
     PRECISIONS,
-    EncoderConfig,
     PredictConfig,
     Settings,
+    is_random_classifier,
 )
 from pipeline.errors import ConfigError, ThresholdFailed, VirNucProError
-from pipeline.predict import KINDS
+from pipeline.predict import KINDS, embed_stage_rows, encoder_embed_config, make_predict_config, stage_row
 
 # (kind, shard column): both encoders run in the same task, DNABERT-S first as in `run_predict`.
 EMBED_KINDS = KINDS
@@ -131,8 +131,6 @@ def predict_config(params: Mapping[str, Any], output_dir: str | Path,
     ``gpu_slots`` > 0 means that many shards, one per GPU; a shard's device is chosen in its own
     task (`device_for_slot`), so ``gpus`` stays empty here.
     """
-    from pipeline.predict import demo_config
-
     settings = settings or Settings.from_env()
     raw_input = str(params.get("input_path") or "").strip()
     if not raw_input:
@@ -142,22 +140,18 @@ def predict_config(params: Mapping[str, Any], output_dir: str | Path,
     attention = str(params.get("attention", "auto"))
     if attention not in ATTENTION_BACKENDS:
         raise ConfigError(f"attention={attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
-    cfg = PredictConfig(
-        input_path=Path(raw_input).expanduser().resolve(),
-        output_dir=Path(output_dir),
+    return make_predict_config(
+        Path(raw_input).expanduser().resolve(), Path(output_dir), settings,
         chunk_size=int(params.get("chunk_size", DEFAULT_CHUNK_SIZE)),
-        esm=EncoderConfig(str(params.get("esm_model") or DEFAULT_ESM_MODEL), precision=precision,
-                          attention=attention),
-        dnabert=EncoderConfig(str(params.get("dnabert_model") or DEFAULT_DNABERT_MODEL),
-                              precision=precision, attention=attention),
+        esm_model=str(params.get("esm_model") or DEFAULT_ESM_MODEL),
+        dnabert_model=str(params.get("dnabert_model") or DEFAULT_DNABERT_MODEL),
         classifier=str(params.get("classifier") or "random"),
-        token_budget=settings.token_budget,
-        num_workers=settings.num_workers,
+        precision=precision,
+        attention=attention,
         resume=bool(params.get("resume", False)),
         demo=bool(params.get("demo", False)),
         progress=False,  # task logs are files: no progress bars
     )
-    return demo_config(cfg) if cfg.demo else cfg
 
 
 def device_for_slot(map_index: int, gpu_slots: int, cuda_devices: int) -> str:
@@ -213,15 +207,6 @@ def gpu_executor_config(executor: str) -> dict[str, Any]:
 # production steps
 
 
-def _stage(stage: str, seconds: float, **extra: Any) -> dict[str, Any]:
-    """A stage row of the run record (the keys of docs/INTERNALS.md)."""
-    row: dict[str, Any] = {"stage": stage, "model": None, "seconds": round(seconds, 6), "sequences": None,
-                           "tokens": None, "tokens_per_s": None, "packing_efficiency": None,
-                           "backend": None, "precision": None, "device": None}
-    row.update(extra)
-    return row
-
-
 def _write_stages(layout: RunLayout, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
     path = layout.stages / f"{name}.json"
     atomic_write_text(path, json.dumps([dict(r) for r in rows], indent=2, default=str))
@@ -236,7 +221,7 @@ def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
     if not cfg.input_path.is_file():
         raise ConfigError(f"input_path {cfg.input_path} does not exist on this worker; give a FASTA "
                           "file (plain or .gz) that the workers can read")
-    if not (cfg.classifier == "random" or cfg.classifier.startswith("random:")):
+    if not is_random_classifier(cfg.classifier):
         from pipeline.classifier import load_classifier
 
         load_classifier(cfg.classifier)  # a wrong or unsafe classifier fails now, not after embedding
@@ -247,7 +232,7 @@ def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
     start = time.perf_counter()
     prepared = prepare(cfg.input_path, layout.root, cfg.chunk_size)
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
-    _write_stages(layout, "prepare", [_stage(
+    _write_stages(layout, "prepare", [stage_row(
         "prepare", time.perf_counter() - start, sequences=stats.get("records"), chunks=stats.get("chunks"),
         frames=stats.get("frames"), bases=stats.get("bases"), device="cpu")])
     return str(layout.root)
@@ -269,16 +254,14 @@ def shard_step(run_dir: str | Path, gpu_slots: int) -> list[str]:
     paths: list[Path] = []
     if frame_ids(layout.root):
         paths = [Path(p) for p in write_shards(layout.root, max(1, gpu_slots), layout.shards)]
-    _write_stages(layout, "shard", [_stage("shard", time.perf_counter() - start, shards=len(paths))])
+    _write_stages(layout, "shard", [stage_row("shard", time.perf_counter() - start, shards=len(paths))])
     return [str(p) for p in paths]
 
 
 def embed_config_for(cfg: PredictConfig, kind: str, device: str, settings: Settings) -> Any:
     """The `EmbedConfig` of one encoder on one device, with the process settings applied."""
     encoder = cfg.dnabert if kind == "dnabert-s" else cfg.esm
-    if settings.disable_compile and encoder.compile:
-        encoder = replace(encoder, compile=False)
-    return replace(cfg.embed_config(encoder, device), progress=False)
+    return replace(encoder_embed_config(cfg, encoder, device, settings), progress=False)
 
 
 def embed_step(params: Mapping[str, Any], run_dir: str | Path, shard_path: str, map_index: int,
@@ -305,7 +288,8 @@ def embed_step(params: Mapping[str, Any], run_dir: str | Path, shard_path: str, 
         target = layout.shard_embeddings(kind, shard_path)
         start = time.perf_counter()
         record = embed_shard(Path(shard_path), column, kind, embed_cfg, target)
-        rows += _embed_rows(record, kind, embed_cfg, device, time.perf_counter() - start)
+        rows += embed_stage_rows(record, kind, embed_cfg.encoder.model, time.perf_counter() - start,
+                                 device, embed_cfg.encoder.precision)
         outputs.append(str(target))
         if device.startswith("cuda"):
             torch.cuda.empty_cache()  # hand the first encoder's memory to the second
@@ -322,8 +306,8 @@ def classify_step(params: Mapping[str, Any], run_dir: str | Path, shard_paths: S
     dirs = {kind: [layout.shard_embeddings(kind, p) for p in shard_paths] for kind, _ in EMBED_KINDS}
     start = time.perf_counter()
     out = classify(layout.root, dirs["dnabert-s"], dirs["esm2"], cfg.classifier, layout.frame_scores)
-    _write_stages(layout, "classify", [_stage("classify", time.perf_counter() - start, model=cfg.classifier,
-                                              sequences=len(frame_ids(layout.root)), device="cpu")])
+    _write_stages(layout, "classify", [stage_row("classify", time.perf_counter() - start, model=cfg.classifier,
+                                                 sequences=len(frame_ids(layout.root)), device="cpu")])
     return str(out)
 
 
@@ -334,7 +318,7 @@ def merge_step(run_dir: str | Path) -> dict[str, str]:
     layout = RunLayout(Path(run_dir))
     start = time.perf_counter()
     paths = merge(layout.frame_scores, layout.root, layout.root)
-    _write_stages(layout, "merge", [_stage("merge", time.perf_counter() - start)])
+    _write_stages(layout, "merge", [stage_row("merge", time.perf_counter() - start)])
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -505,16 +489,6 @@ def _read_json_list(path: Path) -> list[dict[str, Any]]:
         return []
     data = json.loads(path.read_text())
     return [data] if isinstance(data, dict) else list(data)
-
-
-def _embed_rows(record: Mapping[str, Any] | None, kind: str, embed_cfg: Any, device: str,
-                seconds: float) -> list[dict[str, Any]]:
-    """Stage rows of one embedded shard: the embed run record's own rows, else one summary row."""
-    rows = [{**_stage("embed", float(row.get("seconds") or 0.0)), **row, "kind": kind}
-            for row in (record or {}).get("stages", []) or []
-            if isinstance(row, dict) and row.get("stage", "embed") == "embed"]
-    return rows or [_stage("embed", seconds, model=embed_cfg.encoder.model, device=device,
-                           precision=embed_cfg.encoder.precision, kind=kind)]
 
 
 def _started_at(layout: RunLayout) -> str:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_write_text
-from pipeline.config import EmbedConfig, PredictConfig, Settings
+from pipeline.config import EmbedConfig, EncoderConfig, PredictConfig, Settings, is_random_classifier
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,36 @@ def demo_config(cfg: PredictConfig) -> PredictConfig:
                    dnabert=replace(cfg.dnabert, model=DEMO_DNABERT_MODEL))
 
 
-def _stage(stage: str, seconds: float, **extra: Any) -> dict[str, Any]:
+def make_predict_config(input_path: Path, output_dir: Path, settings: Settings, *, chunk_size: int,
+                        esm_model: str, dnabert_model: str, classifier: str, precision: str, attention: str,
+                        compile_: bool = False, gpus: tuple[int, ...] = (), resume: bool = False,
+                        demo: bool = False, progress: bool = True) -> PredictConfig:
+    """The `PredictConfig` of a run, built the same way by the CLI and the DAG tasks.
+
+    Both encoders share ``precision``, ``attention`` and ``compile_`` (compile stays off when
+    ``settings.disable_compile``); token budget and worker count come from ``settings``;
+    ``demo`` swaps in the offline demo models and classifier (`demo_config`).
+    """
+    compile_ = compile_ and not settings.disable_compile
+    cfg = PredictConfig(
+        input_path=input_path,
+        output_dir=output_dir,
+        chunk_size=chunk_size,
+        esm=EncoderConfig(esm_model, precision=precision, attention=attention, compile=compile_),
+        dnabert=EncoderConfig(dnabert_model, precision=precision, attention=attention, compile=compile_),
+        classifier=classifier,
+        gpus=gpus,
+        token_budget=settings.token_budget,
+        num_workers=settings.num_workers,
+        resume=resume,
+        demo=demo,
+        progress=progress,
+    )
+    return demo_config(cfg) if demo else cfg
+
+
+def stage_row(stage: str, seconds: float, **extra: Any) -> dict[str, Any]:
+    """A stage row of the run record (the keys of docs/INTERNALS.md)."""
     row: dict[str, Any] = {"stage": stage, "model": None, "seconds": round(seconds, 6), "sequences": None,
                            "tokens": None, "tokens_per_s": None, "packing_efficiency": None,
                            "backend": None, "precision": None, "device": None}
@@ -60,7 +90,10 @@ class EmbeddedRun:
     embed_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _embed_config(cfg: PredictConfig, encoder, device: str, settings: Settings) -> EmbedConfig:
+def encoder_embed_config(cfg: PredictConfig, encoder: EncoderConfig, device: str,
+                         settings: Settings) -> EmbedConfig:
+    """The `EmbedConfig` of one encoder of ``cfg`` on ``device``, with the process settings applied
+    (compile off under ``disable_compile``; token budget / workers when the config leaves them unset)."""
     if settings.disable_compile and encoder.compile:
         encoder = replace(encoder, compile=False)
     embed_cfg = cfg.embed_config(encoder, device)
@@ -74,15 +107,15 @@ def _embed_config(cfg: PredictConfig, encoder, device: str, settings: Settings) 
     return replace(embed_cfg, **changes) if changes else embed_cfg
 
 
-def _shard_stage_rows(record: dict[str, Any] | None, kind: str, spec: str, seconds: float,
-                      device: str, precision: str) -> list[dict[str, Any]]:
+def embed_stage_rows(record: Mapping[str, Any] | None, kind: str, spec: str, seconds: float,
+                     device: str, precision: str) -> list[dict[str, Any]]:
     """Stage rows from an embed run record, or one synthesised row when it has none."""
     rows = []
     for row in (record or {}).get("stages", []) or []:
         if isinstance(row, dict) and row.get("stage", "embed") == "embed":
-            rows.append({**_stage("embed", float(row.get("seconds") or 0.0)), **row, "kind": kind})
+            rows.append({**stage_row("embed", float(row.get("seconds") or 0.0)), **row, "kind": kind})
     if not rows:
-        rows.append(_stage("embed", seconds, model=spec, device=device, precision=precision, kind=kind))
+        rows.append(stage_row("embed", seconds, model=spec, device=device, precision=precision, kind=kind))
     return rows
 
 
@@ -112,7 +145,7 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
     prepared = prepare(cfg.input_path, out, cfg.chunk_size, progress=cfg.progress and settings.progress)
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
     run.prepare_stats = stats
-    run.stages.append(_stage("prepare", time.perf_counter() - t0, sequences=stats.get("records"),
+    run.stages.append(stage_row("prepare", time.perf_counter() - t0, sequences=stats.get("records"),
                              chunks=stats.get("chunks"), frames=stats.get("frames"),
                              bases=stats.get("bases"), device="cpu"))
     from pipeline.classify import frame_ids
@@ -129,7 +162,7 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
     shard_dir = out / "shards"
     t0 = time.perf_counter()
     shards = [Path(p) for p in write_shards(out, n_shards, shard_dir)]
-    run.stages.append(_stage("shard", time.perf_counter() - t0, shards=len(shards)))
+    run.stages.append(stage_row("shard", time.perf_counter() - t0, shards=len(shards)))
 
     encoders = {"dnabert-s": cfg.dnabert, "esm2": cfg.esm}
     for kind, column in KINDS:
@@ -139,21 +172,21 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
         if not cfg.gpus:
             from pipeline.embed import embed_shard
 
-            embed_cfg = _embed_config(cfg, encoder, "cpu", settings)
+            embed_cfg = encoder_embed_config(cfg, encoder, "cpu", settings)
             target = kind_root / shards[0].stem
             record = embed_shard(shards[0], column, kind, embed_cfg, target)
             run.dirs[kind] = [target]
-            run.stages += _shard_stage_rows(record, kind, encoder.model, time.perf_counter() - t0,
+            run.stages += embed_stage_rows(record, kind, encoder.model, time.perf_counter() - t0,
                                             "cpu", encoder.precision)
         else:
             from pipeline.coordinator import embed_all
 
-            embed_cfg = _embed_config(cfg, encoder, "cuda", settings)
+            embed_cfg = encoder_embed_config(cfg, encoder, "cuda", settings)
             summary = embed_all(shards, column, kind, embed_cfg, list(cfg.gpus), kind_root)
             run.dirs[kind] = [Path(p) for p in summary.get("output_dirs", [])]
             rows: list[dict[str, Any]] = []
             for record in summary.get("records", []) or []:
-                rows += _shard_stage_rows(record, kind, encoder.model, 0.0, "cuda", encoder.precision)
+                rows += embed_stage_rows(record, kind, encoder.model, 0.0, "cuda", encoder.precision)
             run.stages += rows
             # the whole-kind view (wall time over all GPUs) lives beside the per-shard stage rows,
             # so that summing stage rows never counts a shard twice
@@ -199,7 +232,7 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
     out = Path(cfg.output_dir)
 
     classifier: Any = cfg.classifier
-    if not (str(cfg.classifier) == "random" or str(cfg.classifier).startswith("random:")):
+    if not is_random_classifier(cfg.classifier):
         classifier = load_classifier(cfg.classifier)  # fail before any embedding work
         _check_classifier_fit(classifier, cfg)
 
@@ -214,11 +247,11 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
         write_scores([], np.empty((0, 2), dtype=np.float32), scores_path)
     else:
         classify(out, run.dirs["dnabert-s"], run.dirs["esm2"], classifier, scores_path, device=mlp_device)
-    stages.append(_stage("classify", time.perf_counter() - t0, model=str(cfg.classifier),
+    stages.append(stage_row("classify", time.perf_counter() - t0, model=str(cfg.classifier),
                          sequences=run.frames, device=mlp_device, precision="fp32"))
     t0 = time.perf_counter()
     outputs = merge(scores_path, out, out)
-    stages.append(_stage("merge", time.perf_counter() - t0, sequences=run.frames))
+    stages.append(stage_row("merge", time.perf_counter() - t0, sequences=run.frames))
 
     counts = _counts(outputs)
     counts["frames"] = run.frames
@@ -261,4 +294,14 @@ def _counts(outputs: dict[str, Path]) -> dict[str, int]:
             "viral_records": int((summary["call"] == "virus").sum()) if len(summary) else 0}
 
 
-__all__ = ["DEMO_NOTE", "EmbeddedRun", "demo_config", "embed_run", "run_predict"]
+__all__ = [
+    "DEMO_NOTE",
+    "EmbeddedRun",
+    "demo_config",
+    "embed_run",
+    "embed_stage_rows",
+    "encoder_embed_config",
+    "make_predict_config",
+    "run_predict",
+    "stage_row",
+]

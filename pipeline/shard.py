@@ -69,20 +69,36 @@ def write_shards(prepared_dir: Path | str, n_shards: int, out_dir: Path | str) -
         raise InputError(f"{len(missing)} frame(s) have no record in {prepared / 'nucleotide.fa'}, e.g. "
                          f"{missing[0]!r}; rerun `virnucpro prepare`")
 
-    order = length_sorted_order(aa_length)
-    out.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("id", pa.string()), ("nucleotide", pa.string()), ("protein", pa.string())])
+    table = pa.table({"id": frame_ids, "nucleotide": [nuc_by_id[i] for i in frame_ids], "protein": proteins},
+                     schema=schema)
+    return write_table_shards(table, n_shards, out, lengths=aa_length)
+
+
+def write_table_shards(table, n_shards: int, out_dir: Path | str,
+                       lengths: np.ndarray | None = None) -> list[Path]:
+    """Stride-shard an in-memory ``pyarrow.Table`` of frames into ``n_shards`` parquet files.
+
+    Rows are ordered by ``lengths`` (default: the length of the ``protein`` column), longest first
+    and stable; row ``i`` of that order goes to shard ``i % n_shards``. Files are
+    ``out_dir/shard-000.parquet`` ..., written atomically; returns them in shard order.
+    """
+    import pyarrow.parquet as pq
+
+    if n_shards < 1:
+        raise ConfigError(f"n_shards={n_shards} must be >= 1")
+    if lengths is None:
+        lengths = np.array([len(p) for p in table.column("protein").to_pylist()], dtype=np.int64)
+    order = length_sorted_order(lengths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(n_shards):
-        rows = order[k::n_shards].tolist()
-        table = pa.table({"id": [frame_ids[r] for r in rows],
-                          "nucleotide": [nuc_by_id[frame_ids[r]] for r in rows],
-                          "protein": [proteins[r] for r in rows]}, schema=schema)
         path = out / SHARD_PATTERN.format(k)
         with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(table.take(order[k::n_shards]), tmp)
         paths.append(path)
     return paths
 
 
-__all__ = ["SHARD_PATTERN", "write_shards"]
+__all__ = ["SHARD_PATTERN", "write_shards", "write_table_shards"]

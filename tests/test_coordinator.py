@@ -31,6 +31,7 @@ from pipeline.coordinator import (
     write_remaining_subshards,
 )
 from pipeline.errors import Interrupted, OutputIntegrityError
+from pipeline.shard import write_table_shards
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 ESM = "random:esm2_t6_8M_UR50D"
@@ -47,17 +48,6 @@ def _frames(n: int, seed: int = 1) -> pa.Table:
     nucleotide = ["".join(rng.choice(list("ACGT"), 3 * int(k) + 1)) for k in lengths]
     return pa.table({"id": [f"rec{i}_F{i % 3 + 1}" for i in range(n)], "nucleotide": nucleotide,
                      "protein": protein})
-
-
-def _stride_shards(table: pa.Table, n: int, out: Path) -> list[Path]:
-    order = np.argsort(-np.array([len(p) for p in table.column("protein").to_pylist()]), kind="stable")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(n):
-        path = out / f"shard-{k:03d}.parquet"
-        pq.write_table(table.take(order[k::n]), path)
-        paths.append(path)
-    return paths
 
 
 def _cfg(model: str, **kw) -> EmbedConfig:
@@ -231,7 +221,7 @@ def test_remaining_rows_are_split_by_stride_in_shard_order(tmp_path: Path) -> No
 @pytest.mark.timeout(300)
 def test_sigkilled_worker_is_retried_and_matches_a_clean_run(tmp_path: Path) -> None:
     table = _frames(24)
-    shards = _stride_shards(table, 2, tmp_path / "shards")
+    shards = write_table_shards(table, 2, tmp_path / "shards")
     events: list[WorkerEvent] = []
 
     def on_start(ev: WorkerEvent) -> None:
@@ -257,7 +247,7 @@ def test_sigkilled_worker_is_retried_and_matches_a_clean_run(tmp_path: Path) -> 
 @pytest.mark.timeout(300)
 def test_failing_worker_is_retired_and_its_rows_redistributed(tmp_path: Path) -> None:
     table = _frames(24, seed=2)
-    shards = _stride_shards(table, 2, tmp_path / "shards")
+    shards = write_table_shards(table, 2, tmp_path / "shards")
 
     summary = embed_all(shards, None, "esm2", _cfg(ESM), None, tmp_path / "out", n_workers=2,
                         max_retries=1, initializer=worker1_keeps_failing)
@@ -277,7 +267,7 @@ def test_failing_worker_is_retired_and_its_rows_redistributed(tmp_path: Path) ->
 @pytest.mark.timeout(300)
 def test_sigterm_stops_workers_and_resume_completes(tmp_path: Path) -> None:
     table = _frames(16, seed=3)
-    shards = _stride_shards(table, 2, tmp_path / "shards")
+    shards = write_table_shards(table, 2, tmp_path / "shards")
     pids: list[int] = []
 
     def on_start(ev: WorkerEvent) -> None:
@@ -302,7 +292,7 @@ def test_sigterm_stops_workers_and_resume_completes(tmp_path: Path) -> None:
 def test_an_error_no_retry_can_fix_stops_the_run_at_once(tmp_path: Path) -> None:
     from pipeline.errors import ModelLoadError
 
-    shards = _stride_shards(_frames(4), 1, tmp_path / "shards")
+    shards = write_table_shards(_frames(4), 1, tmp_path / "shards")
     events: list[WorkerEvent] = []
     with pytest.raises(ModelLoadError, match="worker 0 .*random:esm2_no_such_model"):
         embed_all(shards, None, "esm2", _cfg("random:esm2_no_such_model"), None, tmp_path / "out",
@@ -318,7 +308,7 @@ def test_each_worker_runs_on_exactly_the_gpu_it_was_given(tmp_path: Path) -> Non
 
     gpus = list(range(torch.cuda.device_count()))[-2:]  # the last ones: not the default device 0
     table = _frames(16, seed=4)
-    shards = _stride_shards(table, len(gpus), tmp_path / "shards")
+    shards = write_table_shards(table, len(gpus), tmp_path / "shards")
     summary = embed_all(shards, None, "esm2", _cfg(ESM), gpus, tmp_path / "out")
     assert [w["device"] for w in summary["workers"]] == [f"cuda:{g}" for g in gpus]
     assert sorted(r["stages"][0]["device"] for r in summary["records"]) == sorted(f"cuda:{g}" for g in gpus)

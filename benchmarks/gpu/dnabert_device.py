@@ -28,15 +28,16 @@ speedup_vs_padded, efficiency, warmup_s}], "goals": {...}, "seconds_total": ...}
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
+
+from benchmarks.gpu.common import packed_batches, padded_plan, save, synchronize, timed  # noqa: E402
 
 SCHEMA = "virnucpro.bench.dnabert/1"
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
@@ -53,56 +54,10 @@ def random_dna(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
     return [BASES[rng.integers(0, 4, int(n))].tobytes().decode("ascii") for n in lengths]
 
 
-def padded_plan(lengths: list[int], budget: int) -> list[list[int]]:
-    """Length-sorted batches with ``len(batch) * longest <= budget`` (the usual padded batching)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    longest = 0
-    for i in order:
-        grown = max(longest, lengths[i])
-        if cur and grown * (len(cur) + 1) > budget:
-            batches.append(cur)
-            cur, grown = [], lengths[i]
-        cur.append(i)
-        longest = grown
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def to_packed(token_ids: list[np.ndarray], plan: list[list[int]], device) -> list[tuple]:
-    import torch
-
-    out = []
-    for idx in plan:
-        lens = np.array([token_ids[i].size for i in idx], dtype=np.int64)
-        cu = torch.zeros(len(idx) + 1, dtype=torch.int32)
-        cu[1:] = torch.from_numpy(np.cumsum(lens)).to(torch.int32)
-        ids = torch.from_numpy(np.concatenate([token_ids[i] for i in idx]))
-        out.append((ids.to(device), cu.to(device), int(lens.max()), idx))
-    return out
-
-
 def to_padded(token_ids: list[np.ndarray], plan: list[list[int]], pad_id: int, device) -> list[tuple]:
     from pipeline.models.dnabert_s import pad_batch
 
     return [(*pad_batch([token_ids[i] for i in idx], pad_id, device), idx) for idx in plan]
-
-
-def synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def cosine_stats(a, b) -> dict[str, float]:
@@ -171,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = load(precision)
         pooled = torch.empty_like(reference)
         with torch.inference_mode():
-            for ids, cu, max_len, idx in to_packed(token_ids, plan, device):
+            for ids, cu, max_len, idx in packed_batches(token_ids, plan, device):
                 pooled[torch.as_tensor(idx, device=pooled.device)] = model.embed_packed(ids, cu, max_len)
         result["equivalence"][precision] = {"backend": model.backend, **cosine_stats(pooled, reference)}
         del model
@@ -199,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 masked_mean(padded_reference_forward(params, model.arch, ids, mask, dtype=model.dtype), mask)
 
     packed_plan = plan_batches(lengths, budget)
-    packed = to_packed(bench_ids, packed_plan, device)
+    packed = packed_batches(bench_ids, packed_plan, device)
 
     def run_packed(m, batches=packed):
         with torch.inference_mode():
@@ -231,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # the compiled graph must give the same embeddings as the eager one
             pooled = torch.empty_like(reference)
             with torch.inference_mode():
-                for ids, cu, max_len, idx in to_packed(token_ids, plan, device):
+                for ids, cu, max_len, idx in packed_batches(token_ids, plan, device):
                     pooled[torch.as_tensor(idx, device=pooled.device)] = compiled.embed_packed(ids, cu, max_len)
             result["equivalence"]["fp16 compiled"] = {"backend": compiled.backend,
                                                       **cosine_stats(pooled, reference)}
@@ -284,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = run(args)
-    from pipeline.atomic import atomic_write_text
-
-    atomic_write_text(args.out, json.dumps(result, indent=2))
+    save(args.out, result)
     print(table(result))
     return 0
 

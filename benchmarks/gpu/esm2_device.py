@@ -25,11 +25,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
+
+from benchmarks.gpu.common import packed_batches, padded_plan, save, synchronize, timed  # noqa: E402
 
 SCHEMA = "virnucpro.bench.esm2/1"
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
@@ -68,37 +70,6 @@ def pack_plan(lengths: list[int], budget: int) -> list[list[int]]:
     return plan_batches(np.asarray(lengths), budget)
 
 
-def padded_plan(lengths: list[int], budget: int) -> list[list[int]]:
-    """fair-esm's toks_per_batch rule over length-sorted sequences: count x longest <= budget."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    longest = 0
-    for i in order:
-        n = lengths[i]
-        if cur and max(longest, n) * (len(cur) + 1) > budget:
-            batches.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, n)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def packed_batches(token_ids: list[np.ndarray], plan: list[list[int]], device) -> list[tuple]:
-    import torch
-
-    out = []
-    for idx in plan:
-        lens = np.array([token_ids[i].size for i in idx])
-        cu = torch.zeros(len(idx) + 1, dtype=torch.int32)
-        cu[1:] = torch.from_numpy(np.cumsum(lens)).to(torch.int32)
-        ids = torch.from_numpy(np.concatenate([token_ids[i] for i in idx]))
-        out.append((ids.to(device), cu, int(lens.max()), idx))
-    return out
-
-
 def padded_batches(token_ids: list[np.ndarray], plan: list[list[int]], pad: int, device) -> list[tuple]:
     import torch
 
@@ -121,21 +92,6 @@ def padded_pool(rep, tokens, special: tuple[int, int, int]):
     return (rep.float() * w).sum(1) / keep.sum(1, keepdim=True).clamp(min=1).float()
 
 
-def synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
 def cosine_stats(a, b) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
@@ -146,12 +102,6 @@ def cosine_stats(a, b) -> dict[str, float]:
     return {"n": int(cos.size), "cos_min": float(cos.min()), "cos_p0.1": float(np.percentile(cos, 0.1)),
             "cos_mean": float(cos.mean()), "rel_l2_max": float(rel.max()), "rel_l2_mean": float(rel.mean()),
             "nonfinite": int((~np.isfinite(cos)).sum())}
-
-
-def save(path: Path, result: dict[str, Any]) -> None:
-    from pipeline.atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(result, indent=2))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m = load(precision)
         out = torch.empty_like(ref)
         with torch.inference_mode():
-            for ids, cu, maxlen, idx in packed_batches(cos_ids, cos_plan, device):
+            for ids, cu, maxlen, idx in packed_batches(cos_ids, cos_plan, device, cu_on_device=False):
                 out[torch.as_tensor(idx, device=device)] = m.embed_packed(ids, cu, maxlen)
         m.check_finite(f"equivalence {precision}")
         stats = cosine_stats(out, ref)
@@ -238,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ids = [tok.encode(s) for s in seqs]
         lens = [t.size for t in ids]
         real_tokens = int(sum(lens))
-        pk = packed_batches(ids, pack_plan(lens, budget), device)
+        pk = packed_batches(ids, pack_plan(lens, budget), device, cu_on_device=False)
         pd = padded_batches(ids, padded_plan(lens, budget), tok.pad_id, device)
         packing_eff = real_tokens / (len(pk) * budget)
         padded_eff = real_tokens / sum(t.numel() for t, _ in pd)

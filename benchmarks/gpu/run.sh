@@ -12,6 +12,7 @@ status=0
 for spec in "$@"; do
   script=${spec%%:*}; limit=${spec#*:}; [ "$limit" = "$spec" ] && limit=400
   name=$(basename "$script" .py)
+  [ "$name" = common ] && continue  # shared helpers, not a benchmark (a plain *.py glob includes it)
   echo "=== $name (limit ${limit}s)"
   start=$(date +%s)
   timeout "$limit" python3 "$script" --out "$out/$name.json" >"$out/$name.log" 2>&1

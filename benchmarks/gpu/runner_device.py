@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:  # runs from a plain checkout (no pip install) on 
 
 import numpy as np  # noqa: E402
 
+from benchmarks.gpu.common import synchronize  # noqa: E402
+
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
 
@@ -67,13 +69,6 @@ def write_shard(path: Path, ids: list[str], seqs: list[str], column: str = "prot
     return path
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bare_throughput(encoder, batches, device, seconds: float) -> dict:
     """Tokens/s of `embed_packed` over pre-built device batches, ~``seconds`` long."""
     import torch
@@ -81,12 +76,12 @@ def bare_throughput(encoder, batches, device, seconds: float) -> dict:
     with torch.inference_mode():
         for ids, cu, mx in batches[:2]:  # warm-up (allocator, kernels, compile)
             encoder.embed_packed(ids, cu, mx)
-        _sync(device)
+        synchronize(device)
         probe = batches[2:5] or batches[:1]
         t = time.perf_counter()
         for ids, cu, mx in probe:
             encoder.embed_packed(ids, cu, mx)
-        _sync(device)
+        synchronize(device)
         per_token = (time.perf_counter() - t) / sum(int(b[0].numel()) for b in probe)
         mean_tokens = sum(int(b[0].numel()) for b in batches) / len(batches)
         n = int(max(3, min(len(batches), seconds / (per_token * mean_tokens))))
@@ -95,7 +90,7 @@ def bare_throughput(encoder, batches, device, seconds: float) -> dict:
         t = time.perf_counter()
         for ids, cu, mx in picked:
             encoder.embed_packed(ids, cu, mx)
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - t
     check = getattr(encoder, "check_finite", None)
     if check is not None:

@@ -71,24 +71,6 @@ def synthetic_frames(n: int, seed: int = 0, full_aa: int = 166, full_fraction: f
     return pa.table({"id": ids, "nucleotide": nts, "protein": prots})
 
 
-def stride_shards(table, n: int, out_dir: Path) -> list[Path]:
-    """The pipeline's sharding rule (`pipeline.shard`) applied to an in-memory table: protein length,
-    longest first (stable), row i of that order -> shard i % n. (`write_shards` itself reads a
-    prepared directory through Biopython, which the GPU image does not carry.)"""
-    import pyarrow.parquet as pq
-
-    from pipeline.packing import length_sorted_order
-
-    order = length_sorted_order([len(p) for p in table.column("protein").to_pylist()])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(n):
-        path = out_dir / f"shard-{k:03d}.parquet"
-        pq.write_table(table.take(order[k::n]), path)
-        paths.append(path)
-    return paths
-
-
 def _start_line(barrier, worker: int, attempt: int) -> None:
     """Worker initializer: line the workers up so that they start their first batch together.
 
@@ -150,9 +132,10 @@ def run_one(kind: str, model: str, table, n: int, gpus: list[int] | None, args, 
 
     from pipeline.config import EmbedConfig, EncoderConfig
     from pipeline.coordinator import embed_all
+    from pipeline.shard import write_table_shards
 
     shard_dir = work / f"shards-{kind}-n{n}"
-    shards = stride_shards(table, n, shard_dir)
+    shards = write_table_shards(table, n, shard_dir)  # the pipeline's sharding rule
     cfg = EmbedConfig(
         encoder=EncoderConfig(model=model, precision=args.precision, attention=args.attention,
                               compile=args.compile),

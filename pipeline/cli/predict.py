@@ -13,9 +13,9 @@ from pipeline.config import (
     DEFAULT_DNABERT_MODEL,
     DEFAULT_ESM_MODEL,
     PRECISIONS,
-    EncoderConfig,
     PredictConfig,
     Settings,
+    is_random_classifier,
     parse_gpus,
 )
 
@@ -52,27 +52,17 @@ def build_predict_config(input_path: Path | None, out_dir: Path, *, chunk_size: 
                          dnabert_model: str, classifier: str | None, gpus: str | None, precision: str | None,
                          attention: str, compile_: bool, resume: bool, demo: bool,
                          settings: Settings) -> PredictConfig:
-    """Options -> `PredictConfig` (demo models swapped in by `pipeline.predict.demo_config`)."""
-    from pipeline.predict import demo_config
+    """Options -> `PredictConfig` (built by `pipeline.predict.make_predict_config`)."""
+    from pipeline.predict import make_predict_config
 
     gpu_list = parse_gpus(gpus)
-    precision = precision or ("fp16" if gpu_list else "fp32")
-    compile_ = compile_ and not settings.disable_compile
-    cfg = PredictConfig(
-        input_path=input_path if input_path is not None else Path(),
-        output_dir=out_dir,
-        chunk_size=chunk_size,
-        esm=EncoderConfig(esm_model, precision=precision, attention=attention, compile=compile_),
-        dnabert=EncoderConfig(dnabert_model, precision=precision, attention=attention, compile=compile_),
-        classifier=classifier or "random",
-        gpus=gpu_list,
-        token_budget=settings.token_budget,
-        num_workers=settings.num_workers,
-        resume=resume,
-        demo=demo,
+    return make_predict_config(
+        input_path if input_path is not None else Path(), out_dir, settings,
+        chunk_size=chunk_size, esm_model=esm_model, dnabert_model=dnabert_model,
+        classifier=classifier or "random", precision=precision or ("fp16" if gpu_list else "fp32"),
+        attention=attention, compile_=compile_, gpus=gpu_list, resume=resume, demo=demo,
         progress=settings.progress,
     )
-    return demo_config(cfg) if demo else cfg
 
 
 @click.command("predict")
@@ -98,7 +88,7 @@ def command(ctx: click.Context, input_path: Path, out_dir: Path, classifier: str
     if classifier is None and not options["demo"]:
         raise click.UsageError("give --classifier (e.g. 500_model.pth for --chunk-size 500), or --demo")
     cfg = build_predict_config(input_path, out_dir, classifier=classifier, settings=settings, **options)
-    if not options["demo"] and (cfg.classifier == "random" or cfg.classifier.startswith("random:")):
+    if not options["demo"] and is_random_classifier(cfg.classifier):
         click.echo("warning: --classifier random gives meaningless scores", err=True)
     record = run_predict(cfg, settings)
     counts = record["counts"]
