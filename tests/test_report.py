@@ -110,3 +110,21 @@ def test_renders_in_headless_chromium(full_html, tmp_path):
     flat = (pixels.reshape(-1, 3) * 255).astype(np.uint8)
     assert len(np.unique(flat, axis=0)) > 50
     assert (flat.min(axis=1) < 200).mean() > 0.01
+
+
+def test_throughput_section_includes_gpu_script_figures_per_model(tmp_path):
+    import json
+
+    from pipeline.atomic import atomic_write_text
+
+    doc = samples.device_benchmark_doc(day=21)
+    doc["config"] = {"model": "random:dnabert-s"}
+    doc["runner"] = {"tokens_per_s_end_to_end": 123456.0}
+    path = tmp_path / "device.json"
+    atomic_write_text(path, json.dumps(doc))
+    MetricsStore(tmp_path / "m.duckdb").ingest_files([path])
+    html = render_report(tmp_path / "m.duckdb", tmp_path / "r.html").read_text()
+    section = html.split('id="throughput"')[1].split("<h2")[0]
+    assert "esm2_packed random:dnabert-s runner.tokens_per_s_end_to_end @ NVIDIA H200" in section
+    assert "123,456" in section
+    assert "No data yet" not in section

@@ -45,11 +45,19 @@ def _fmt_pct(value: Any) -> str:
 
 
 def _section_throughput(store) -> dict[str, Any]:
+    # pipeline runs (per embedding stage) and the GPU scripts' tokens/s figures, one series each
     df = store.query("""
         SELECT r.started_at, coalesce(s.model, s.stage) || ' [' || coalesce(s.precision, '-') || '] @ '
                    || coalesce(r.device_name, s.device, '?') AS series, avg(s.tokens_per_s) AS tokens_per_s
         FROM stage_metrics s JOIN runs r USING (run_id)
-        WHERE s.tokens_per_s IS NOT NULL AND r.started_at IS NOT NULL GROUP BY ALL ORDER BY 1""")
+        WHERE s.tokens_per_s IS NOT NULL AND r.started_at IS NOT NULL GROUP BY ALL
+        UNION ALL
+        SELECT r.started_at, d.benchmark || coalesce(' ' || json_extract_string(r.config, '$.model'), '') || ' '
+                   || d.metric || ' @ ' || coalesce(r.device_name, '?') AS series,
+               avg(d.value) AS tokens_per_s
+        FROM device_benchmarks d JOIN runs r USING (run_id)
+        WHERE d.metric LIKE '%tokens_per_s%' AND d.value IS NOT NULL AND r.started_at IS NOT NULL GROUP BY ALL
+        ORDER BY 1""")
     if df.empty:
         return {"img": None, "rows": []}
     from validation import plots
