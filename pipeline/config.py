@@ -17,6 +17,8 @@ ATTENTION_BACKENDS = ("auto", "flash-attn", "torch-varlen", "flex", "sdpa", "ref
 DEFAULT_ESM_MODEL = "esm2_t36_3B_UR50D"
 DEFAULT_DNABERT_MODEL = "zhihan1996/DNABERT-S"
 DEFAULT_CHUNK_SIZE = 500
+#: Model kind -> the shard column it embeds.
+KIND_COLUMN = {"esm2": "protein", "dnabert-s": "nucleotide"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -87,6 +89,14 @@ class Settings:
             token_budget=_env_int(env, "VIRNUCPRO_TOKEN_BUDGET", None, minimum=16),
             progress=_env_bool(env, "VIRNUCPRO_PROGRESS", True),
         )
+
+
+def column_for_kind(kind: str) -> str:
+    """``"esm2"`` -> ``"protein"``, ``"dnabert-s"`` -> ``"nucleotide"``; ConfigError otherwise."""
+    try:
+        return KIND_COLUMN[kind]
+    except KeyError:
+        raise ConfigError(f"model kind {kind!r} is not one of {', '.join(KIND_COLUMN)}") from None
 
 
 def validate_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -223,10 +233,12 @@ __all__ = [
     "DEFAULT_DNABERT_MODEL",
     "DEFAULT_ESM_MODEL",
     "PRECISIONS",
+    "KIND_COLUMN",
     "EmbedConfig",
     "EncoderConfig",
     "PredictConfig",
     "Settings",
+    "column_for_kind",
     "is_random_classifier",
     "parse_gpus",
     "replace",

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path, atomic_write_text
-from pipeline.config import EmbedConfig
+from pipeline.config import EmbedConfig, column_for_kind
 from pipeline.errors import (
     ConfigError,
     InputError,
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "coordinator.json"
 MANIFEST_SCHEMA = "virnucpro.coordinator/1"
 SUMMARY_SCHEMA = "virnucpro.embed_all/1"
-COLUMN_FOR_KIND = {"esm2": "protein", "dnabert-s": "nucleotide"}
 
 # How long workers get to finish their current part after SIGTERM before they are killed.
 _TERMINATE_GRACE_S = 120.0
@@ -126,13 +125,6 @@ class _Running:
 
 # ----------------------------------------------------------------------------------------------
 # shard / output helpers (pure functions over files)
-
-
-def column_for_kind(kind: str) -> str:
-    try:
-        return COLUMN_FOR_KIND[kind]
-    except KeyError:
-        raise ConfigError(f"model kind {kind!r} is not one of {', '.join(COLUMN_FOR_KIND)}") from None
 
 
 def shard_ids(shard_path: Path) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_write_text
-from pipeline.config import EmbedConfig
+from pipeline.config import EmbedConfig, column_for_kind
 from pipeline.errors import ConfigError, InputError, Interrupted, NumericalError
 from pipeline.loader import TokenArena, choose_workers, input_fingerprint, packed_batches, read_shard, tokenize_shard
 from pipeline.packing import choose_token_budget, length_sorted_order, packing_efficiency, plan_batches
@@ -39,7 +39,6 @@ from pipeline.store import FORMAT, RUN_RECORD_FILE, write_metadata, write_part
 
 log = logging.getLogger(__name__)
 
-KIND_COLUMNS = {"esm2": "protein", "dnabert-s": "nucleotide"}
 #: Batches queued on the device before the host waits for the oldest one's output copy.
 MAX_INFLIGHT = 4
 #: Part writes allowed to queue behind the writer thread before the loop waits.
@@ -205,9 +204,8 @@ class _DeviceLoop:
 
 
 def _resolve_kind(column: str | None, kind: str) -> str:
-    if kind not in KIND_COLUMNS:
-        raise ConfigError(f"model kind {kind!r} is not one of {', '.join(KIND_COLUMNS)}")
-    column = column or KIND_COLUMNS[kind]
+    kind_column = column_for_kind(kind)  # an unknown kind fails here even when a column is given
+    column = column or kind_column
     if column not in ("nucleotide", "protein"):
         raise ConfigError(f"column {column!r} is not a sequence column; use 'nucleotide' or 'protein'")
     return column
@@ -445,4 +443,4 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
     return record
 
 
-__all__ = ["KIND_COLUMNS", "embed_shard"]
+__all__ = ["embed_shard"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EncoderConfig
+from pipeline.config import KIND_COLUMN, EncoderConfig
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.models.esm2 import PackedESM2, hub_checkpoint_path, load_esm2, write_fair_esm_checkpoint
-from pipeline.models.registry import KIND_COLUMN, load_encoder
+from pipeline.models.registry import load_encoder
 
 SEQS = ["MKTAYIAKQR", "GSHMLE", "W"]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from pipeline.config import KIND_COLUMN
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -11,7 +12,6 @@ if TYPE_CHECKING:
     from pipeline.config import EncoderConfig
     from pipeline.models.base import PackedEncoder
 
-KIND_COLUMN: dict[str, str] = {"esm2": "protein", "dnabert-s": "nucleotide"}
 """Which prepared-shard column each model kind embeds."""
 
 
@@ -41,4 +41,4 @@ def load_encoder(
     raise ConfigError(f"unknown model kind {kind!r}; use one of {', '.join(KIND_COLUMN)}")
 
 
-__all__ = ["KIND_COLUMN", "load_encoder"]
+__all__ = ["load_encoder"]
