@@ -64,3 +64,23 @@ def test_bf16_fails_an_absurdly_strict_threshold(tmp_path):
     assert ("esm2", "precision", "bf16") in failed and ("dnabert-s", "end-to-end", "bf16") in failed
     # fp32 packing rows are exact to ~1e-7 relative, so they still pass
     assert all(r["passed"] for r in doc["results"] if r["precision"] == "fp32" and r["kind"] != "dnabert-s+esm2")
+
+
+def test_defaults_pass_on_cpu_with_random_classifier_labels_informational(tmp_path):
+    out = tmp_path / "v.json"
+    assert _run(["validate", "--device", "cpu", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and doc["results"]
+    assert all(r["label_enforced"] is False for r in doc["results"])
+
+
+def test_a_classifier_file_makes_label_agreement_enforced(tmp_path):
+    from pipeline.classifier import random_classifier, save_classifier
+
+    # tiny models: DNABERT-S tiny (64) + ESM-2 8M (320)
+    clf = save_classifier(random_classifier(64 + 320, seed=3), tmp_path / "clf.safetensors")
+    out = tmp_path / "v.json"
+    assert _run(["validate", "--n", "4", "--precision", "fp32", "--device", "cpu", "--classifier", str(clf),
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert rows and all(r["label_enforced"] is True and r["label_agreement"] == 1.0 for r in rows)

@@ -67,6 +67,9 @@ def test_passes_and_enforce():
     assert not passes(row, Thresholds(min_cosine=0.9999))
     assert not passes(row, Thresholds(max_rel_l2=0.01))
     assert not passes(row | {"chunk_label_agreement": 0.99}, Thresholds())
+    # a random classifier's label flips are reported, not enforced; cosine still is
+    assert passes(row | {"label_agreement": 0.5, "chunk_label_agreement": 0.5}, Thresholds(), enforce_labels=False)
+    assert not passes(row, Thresholds(min_cosine=0.9999), enforce_labels=False)
     enforce([row | {"passed": True}], Thresholds())
     with pytest.raises(ThresholdFailed, match="1 of 1"):
         enforce([row | {"passed": False}], Thresholds())

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import is_random_classifier
 from pipeline.errors import ConfigError, ThresholdFailed
 
 log = logging.getLogger(__name__)
@@ -212,9 +213,14 @@ def label_agreement(ids: list[str], candidate_probs: np.ndarray, baseline_probs:
     return frame, chunk
 
 
-def passes(row: dict[str, Any], t: Thresholds) -> bool:
-    ok = (row["cos_min"] >= t.min_cosine and row["label_agreement"] >= t.min_label_agreement
-          and row["chunk_label_agreement"] >= t.min_label_agreement)
+def passes(row: dict[str, Any], t: Thresholds, *, enforce_labels: bool = True) -> bool:
+    """Whether ``row`` meets ``t``. ``enforce_labels=False`` (a random classifier) leaves label
+    agreement out: a random decision boundary cuts through the data, so frames lying on it flip
+    under any rounding and a flip says nothing about the embeddings."""
+    ok = row["cos_min"] >= t.min_cosine
+    if enforce_labels:
+        ok = ok and (row["label_agreement"] >= t.min_label_agreement
+                     and row["chunk_label_agreement"] >= t.min_label_agreement)
     if t.max_rel_l2 is not None:
         ok = ok and row["rel_l2_max"] <= t.max_rel_l2
     return bool(ok)
@@ -324,6 +330,10 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
 
     dim = {k: reference[k].shape[1] for k in _KINDS}
     classifier = load_classifier(config.classifier, input_dim=dim["dnabert-s"] + dim["esm2"])
+    enforce_labels = not is_random_classifier(config.classifier)
+    if not enforce_labels:
+        log.info("classifier %r has random weights: label agreement is reported but not enforced; "
+                 "pass a trained classifier (--classifier) to enforce it", config.classifier)
 
     def probs(parts: dict[str, np.ndarray]) -> np.ndarray:
         x = torch.from_numpy(np.concatenate([parts["dnabert-s"], parts["esm2"]], axis=1))
@@ -347,7 +357,8 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
             "label_agreement": frame_agree, "chunk_label_agreement": chunk_agree,
             "n_chunks": len({i[:-2] for i in frames.ids}), **stats,
         }
-        row["passed"] = passes(row, config.thresholds)
+        row["label_enforced"] = enforce_labels
+        row["passed"] = passes(row, config.thresholds, enforce_labels=enforce_labels)
         if config.keep_cosines:
             row["cosines"] = [float(c) for c in metrics["cosines"]]
         rows.append(row)
@@ -426,10 +437,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             "max_abs", "lab_agr", "chunk_agr", "ok")
     body = [(_short(r["model"]), r["comparison"], r["precision"], r["backend"], str(r["n"]),
              f"{r['cos_min']:.7f}", f"{r['cos_p001']:.7f}", f"{r['cos_mean']:.7f}", f"{r['rel_l2_max']:.2e}",
-             f"{r['max_abs']:.2e}", f"{r['label_agreement']:.4f}", f"{r['chunk_label_agreement']:.4f}",
+             f"{r['max_abs']:.2e}", *(f"{r[k]:.4f}" + ("" if r.get("label_enforced", True) else "*")
+                                      for k in ("label_agreement", "chunk_label_agreement")),
              "PASS" if r["passed"] else "FAIL") for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body])
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body]]
+    if any(not r.get("label_enforced", True) for r in rows):
+        lines.append("* label agreement through a random classifier: reported, not enforced "
+                     "(pass --classifier with a trained model to enforce it)")
+    return "\n".join(lines)
 
 
 def _short(spec: str, width: int = 28) -> str:
