@@ -454,8 +454,9 @@ def report_step(metrics_db: str | Path | None, run_dir: str | Path, threshold: f
     from validation.report import render_report
 
     layout = RunLayout(Path(run_dir))
+    scored = layout.root / "frame_scores.parquet"
     return str(render_report(_metrics_db(metrics_db), layout.root / "report.html",
-                             slowdown_threshold=threshold))
+                             slowdown_threshold=threshold, run_dir=layout.root if scored.is_file() else None))
 
 
 def gate_step(equivalence_json: str | None, regressions_json: str | None) -> None:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, ThresholdFailed
@@ -16,7 +17,7 @@ from validation.report import render_report
 from validation.store import MetricsStore
 
 SECTIONS = ("Summary", "Equivalence", "Throughput over time", "Multi-GPU scaling", "Packing efficiency",
-            "Stage time breakdown", "Regressions", "Benchmarks", "Runs")
+            "Stage time breakdown", "Per-record scores", "Regressions", "Benchmarks", "Runs")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
@@ -128,3 +129,27 @@ def test_throughput_section_includes_gpu_script_figures_per_model(tmp_path):
     assert "esm2_packed random:dnabert-s runner.tokens_per_s_end_to_end @ NVIDIA H200" in section
     assert "123,456" in section
     assert "No data yet" not in section
+
+
+def test_per_record_plot_from_a_run_directory_and_missing_db_refused(filled_db, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "chunked.fa").write_text(">r1_chunk_1\nACGT\n>r1_chunk_2\nACGT\n>r2_chunk_1\nACGT\n")
+    pq.write_table(pa.table({"id": ["r1_chunk_1F1", "r1_chunk_2R2", "r2_chunk_1F3"],
+                             "score_others": pa.array([0.2, 0.9, 0.4], pa.float32()),
+                             "score_virus": pa.array([0.8, 0.1, 0.6], pa.float32())}), run / "frame_scores.parquet")
+    html = render_report(filled_db, tmp_path / "r.html", run_dir=run).read_text()
+    section = html.split('id="records"')[1].split("<h2")[0]
+    assert str(run) in section and section.count('src="data:image/png;base64,') == 1
+    without = render_report(filled_db, tmp_path / "r2.html").read_text().split('id="records"')[1].split("<h2")[0]
+    assert "No data yet" in without and "data:image" not in without
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["report", "--db", str(tmp_path / "typo.duckdb"), "-o", str(tmp_path / "x.html")],
+                                standalone_mode=False)
+    assert isinstance(result.exception, ConfigError) and "typo.duckdb does not exist" in str(result.exception)
+    assert not (tmp_path / "typo.duckdb").exists() and not (tmp_path / "x.html").exists()

@@ -150,7 +150,20 @@ def _section_benchmarks(store) -> dict[str, Any]:
     return {"run_id": rid, "rows": rows, "device_run_id": dev_rid, "device_rows": dev}
 
 
-def collect(db_path: str | Path, baseline: str | None = None, slowdown_threshold: float = 0.10) -> dict[str, Any]:
+def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
+    """The per-record score plot of one predict output directory (``pipeline.plots.plot_run``)."""
+    if run_dir is None:
+        return {"run_dir": None, "img": None}
+    import base64
+
+    from pipeline.plots import plot_run
+
+    png = plot_run(run_dir)
+    return {"run_dir": str(run_dir), "img": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+
+
+def collect(db_path: str | Path, baseline: str | None = None, slowdown_threshold: float = 0.10,
+            run_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain Python data (figures as data URIs)."""
     from validation.regression import check_regressions
     from validation.store import SCHEMA_VERSION, MetricsStore
@@ -173,6 +186,7 @@ def collect(db_path: str | Path, baseline: str | None = None, slowdown_threshold
         "scaling": _section_scaling(store),
         "packing": _section_packing(store),
         "stages": _section_stages(store),
+        "records": _section_records(run_dir),
         "benchmarks": _section_benchmarks(store),
         "regressions": regressions,
         "n_regressed": sum(1 for r in regressions if r["regressed"]),
@@ -192,7 +206,7 @@ def render_html(data: dict[str, Any]) -> str:
 
 
 def render_report(db_path: str | Path, out_html: str | Path, baseline: str | None = None,
-                  slowdown_threshold: float = 0.10) -> Path:
+                  slowdown_threshold: float = 0.10, run_dir: str | Path | None = None) -> Path:
     """Write the HTML report for the metrics store at ``db_path`` to ``out_html`` (atomically).
 
     Args:
@@ -200,6 +214,7 @@ def render_report(db_path: str | Path, out_html: str | Path, baseline: str | Non
         out_html: output file.
         baseline: a run id to compare the latest runs against, next to the previous run.
         slowdown_threshold: slowdowns above this fraction are flagged.
+        run_dir: a finished predict output directory whose per-record score plot to include.
     Returns:
         ``out_html`` as a Path.
     Raises:
@@ -207,7 +222,8 @@ def render_report(db_path: str | Path, out_html: str | Path, baseline: str | Non
     """
     if str(out_html).endswith(("/", "\\")) or Path(out_html).is_dir():
         raise ConfigError(f"report output {out_html} is a directory; give a file name such as report.html")
-    html = render_html(collect(db_path, baseline=baseline, slowdown_threshold=slowdown_threshold))
+    html = render_html(collect(db_path, baseline=baseline, slowdown_threshold=slowdown_threshold,
+                               run_dir=run_dir))
     out = Path(out_html)
     atomic_write_text(out, html)
     log.info("wrote report %s (%d bytes)", out, len(html))

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from pipeline.config import Settings
+from pipeline.errors import ConfigError
 
 
 @click.command("report")
@@ -17,11 +18,13 @@ from pipeline.config import Settings
               help="Also compare the latest runs with this pinned run.")
 @click.option("--slowdown-threshold", default=0.10, show_default=True, type=click.FloatRange(0, 10),
               help="Flag slowdowns larger than this fraction (0.10 = 10 %).")
+@click.option("--run-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A finished predict output directory: adds its per-record score plot.")
 @click.option("--fail-on-regression", is_flag=True,
               help="Exit non-zero (after writing the report) when a slowdown passes the threshold.")
 @click.pass_context
 def command(ctx: click.Context, db_path: Path | None, out_html: Path, baseline: str | None,
-            slowdown_threshold: float, fail_on_regression: bool) -> None:
+            slowdown_threshold: float, run_dir: Path | None, fail_on_regression: bool) -> None:
     """Write the HTML report: latest run summary, equivalence pass/fail, throughput over time,
     scaling, cosine histograms, packing efficiency, stage times and regressions."""
     from validation.regression import check_regressions
@@ -29,7 +32,11 @@ def command(ctx: click.Context, db_path: Path | None, out_html: Path, baseline: 
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     db = db_path or settings.metrics_db
-    out = render_report(db, out_html, baseline=baseline, slowdown_threshold=slowdown_threshold)
+    if not Path(db).is_file():
+        raise ConfigError(f"metrics database {db} does not exist; ingest results into it first "
+                          f"(virnucpro ingest FILE... --db {db}) or give the right --db")
+    out = render_report(db, out_html, baseline=baseline, slowdown_threshold=slowdown_threshold,
+                        run_dir=run_dir)
     click.echo(f"wrote {out}")
     if fail_on_regression:
         check_regressions(db, slowdown_threshold, baseline=baseline, enforce=True)
