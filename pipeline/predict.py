@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.atomic import atomic_write_text
 from pipeline.config import EmbedConfig, EncoderConfig, PredictConfig, Settings, is_random_classifier
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,59 @@ def embed_stage_rows(record: Mapping[str, Any] | None, kind: str, spec: str, sec
     return rows
 
 
+INPUTS_FILE = "predict_inputs.json"  # what a run was made from; --resume must match it
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def preflight(cfg: PredictConfig) -> dict[str, Any]:
+    """Checks that must fail before anything is written: the GPUs exist, each model's attention
+    backend can run there, and ``--resume`` targets a run made from the same input and chunk size.
+
+    Returns the run's input description (written to ``OUT/predict_inputs.json`` after prepare).
+    Raises ConfigError, BackendUnavailableError or ResumeMismatchError.
+    """
+    from pipeline.attention import resolve_backend
+    from pipeline.errors import ResumeMismatchError
+    from pipeline.models.base import DTYPES
+
+    if cfg.gpus:
+        import torch
+
+        visible = torch.cuda.device_count()
+        missing = [g for g in cfg.gpus if g >= visible]
+        if missing:
+            raise ConfigError(f"--gpus {','.join(map(str, cfg.gpus))}: GPU {','.join(map(str, missing))} is not "
+                              f"visible (this machine shows {visible} CUDA device(s)); use indices 0.."
+                              f"{max(visible - 1, 0)}, or leave --gpus out to run on the CPU")
+    device = f"cuda:{cfg.gpus[0]}" if cfg.gpus else "cpu"
+    for kind, encoder in (("dnabert-s", cfg.dnabert), ("esm2", cfg.esm)):
+        resolve_backend(encoder.attention, device, alibi=kind == "dnabert-s", dtype=DTYPES[encoder.precision])
+
+    if not Path(cfg.input_path).is_file():
+        raise InputError(f"input {cfg.input_path} is not a file; give a FASTA file (plain or .gz)")
+    inputs = {"input_sha256": _file_sha256(Path(cfg.input_path)), "chunk_size": cfg.chunk_size}
+    recorded = Path(cfg.output_dir) / INPUTS_FILE
+    if cfg.resume and recorded.is_file():
+        before = json.loads(recorded.read_text())
+        differs = [k for k in inputs if before.get(k) != inputs[k]]
+        if differs:
+            raise ResumeMismatchError(
+                f"--resume into {cfg.output_dir}: the earlier run was made from another "
+                f"{' and '.join('input file' if k == 'input_sha256' else 'chunk size' for k in differs)} "
+                f"(chunk size then {before.get('chunk_size')}, now {cfg.chunk_size}); rerun with the same "
+                "input and --chunk-size, or choose an empty output directory")
+    return inputs
+
+
 def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
     """prepare -> shard -> embed both models into ``cfg.output_dir`` (the layout of docs/INTERNALS.md).
 
@@ -135,14 +188,16 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
         # checked before prepare rewrites anything, so a forgotten --resume costs nothing
         raise ConfigError(f"{out} already holds embeddings from an earlier run; pass --resume to continue "
                           "it, or choose an empty output directory")
+    inputs = preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     run = EmbeddedRun(root=out, frames=0)
 
     # Prepare and shard run again on --resume too: both are deterministic and cheap next to
-    # embedding, and the embed stage then refuses parts made from a different input or chunk size
-    # (their input fingerprint no longer matches) instead of silently mixing runs.
+    # embedding. `preflight` has already refused a different input or chunk size, and the embed
+    # stage would still refuse parts whose input fingerprint does not match.
     t0 = time.perf_counter()
     prepared = prepare(cfg.input_path, out, cfg.chunk_size, progress=cfg.progress and settings.progress)
+    atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
     run.prepare_stats = stats
     run.stages.append(stage_row("prepare", time.perf_counter() - t0, sequences=stats.get("records"),

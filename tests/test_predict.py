@@ -170,3 +170,40 @@ def test_demo_on_one_gpu(tmp_path) -> None:
     assert record["embed_summaries"]["esm2"]["gpus"] == [0]
     rows = (out / "prediction_results.txt").read_text().splitlines()[1:]
     assert len(rows) == record["counts"]["frames"] > 0
+
+
+def test_preflight_refuses_before_writing_anything(tmp_path) -> None:
+    """Missing GPUs and unavailable attention backends fail before prepare writes a file."""
+    import torch
+
+    from pipeline.errors import BackendUnavailableError, ConfigError
+
+    fa = _fasta(tmp_path / "in.fa", {"r": _coding_dna(60, seed=1)})
+    bad_gpu = str(torch.cuda.device_count())  # one past the last visible device
+    for args, error, fragment in [
+        (["--gpus", bad_gpu], ConfigError, f"GPU {bad_gpu} is not visible"),
+        (["--attention", "flash-attn"], BackendUnavailableError, "flash-attn"),
+    ]:
+        out = tmp_path / f"out-{args[0].strip('-')}"
+        result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(out), "--demo", *args],
+                                    obj=Settings(progress=False))
+        assert isinstance(result.exception, error) and fragment in str(result.exception)
+        assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_resume_with_another_chunk_size_is_refused_before_touching_the_run(tmp_path) -> None:
+    from pipeline.errors import ResumeMismatchError
+
+    fa = _fasta(tmp_path / "in.fa", {"r1": _coding_dna(250, seed=2), "r2": _coding_dna(120, seed=3)})
+    out = tmp_path / "out"
+    assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300",
+                                      "--resume"], obj=Settings(progress=False))
+    assert isinstance(result.exception, ResumeMismatchError)
+    assert "chunk size" in str(result.exception) and "then 500, now 300" in str(result.exception)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the same input and chunk size resume cleanly
+    assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500",
+                    "--resume"]).exit_code == 0

@@ -16,6 +16,9 @@ import torch
 
 ModelKind = Literal["esm2", "dnabert-s"]
 
+#: ``--precision`` name -> compute dtype.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 class Tokenizer(abc.ABC):
     """Picklable sequence -> token-id encoder (used inside spawned DataLoader workers)."""

@@ -39,13 +39,12 @@ from torch import nn
 from pipeline.attention import REFERENCE, flex_block_mask, resolve_backend, varlen_attention
 from pipeline.config import EncoderConfig
 from pipeline.errors import ConfigError, ModelLoadError
-from pipeline.models.base import EncoderInfo, FiniteMonitor, PackedEncoder
+from pipeline.models.base import DTYPES, EncoderInfo, FiniteMonitor, PackedEncoder
 from pipeline.models.dnabert_tokenizer import DNABERTTokenizer, random_bpe_tokenizer_json
 
 log = logging.getLogger(__name__)
 
 RANDOM_PREFIX = "random:"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Longest tokenized sequence accepted. The remote code has no hard limit (it rebuilds its ALiBi
 # table when a longer input arrives and the tokenizer does not truncate), so neither do we in

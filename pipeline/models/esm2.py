@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pipeline.attention import REFERENCE, flex_block_mask, resolve_backend, sequence_index, varlen_attention
 from pipeline.config import EncoderConfig
 from pipeline.errors import ConfigError, InputError, ModelLoadError, NumericalError
-from pipeline.models.base import EncoderInfo, PackedEncoder, Tokenizer
+from pipeline.models.base import DTYPES, EncoderInfo, PackedEncoder, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ TRAINED_MAX_TOKENS = 1024  # ESM-2 was trained on crops of 1022 residues + BOS +
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 REGRESSION_URL = "https://dl.fbaipublicfiles.com/fair-esm/regression/{name}-contact-regression.pt"
 
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -256,9 +255,9 @@ class PackedESM2(PackedEncoder):
         compile_backend: Any = "inductor",
     ) -> None:
         super().__init__()
-        if precision not in _DTYPES:
-            raise ConfigError(f"precision={precision!r} is not one of {', '.join(_DTYPES)}")
-        self.dtype = _DTYPES[precision]
+        if precision not in DTYPES:
+            raise ConfigError(f"precision={precision!r} is not one of {', '.join(DTYPES)}")
+        self.dtype = DTYPES[precision]
         self.precision = precision
         device = next(esm.parameters()).device
         self.esm = esm.to(self.dtype).eval().requires_grad_(False)
