@@ -50,6 +50,9 @@ PARAMS = {
     "regression_threshold": Param(0.25, type="number", minimum=0, title="Slowdown threshold",
                                   description="A metric this fraction worse than the previous run fails "
                                               "the run (0.25 = 25 %; CPU timings are noisy)."),
+    "baseline_run": Param("", type="string", title="Pinned baseline run id",
+                          description="Also compare with this run of the metrics store (empty: only the "
+                                      "previous run)."),
     "fail_on_regression": Param(True, type="boolean", title="Fail on regression",
                                 description="Off: slowdowns are only reported, not failed (noisy machines)."),
     "metrics_db": Param("", type="string", title="Metrics database",
@@ -95,7 +98,8 @@ def virnucpro_nightly() -> None:
     def regressions(metrics_db: str, run_dir: str, params=None) -> str:
         from pipeline.orchestration import regression_step
 
-        return regression_step(metrics_db, float(params["regression_threshold"]), run_dir)
+        return regression_step(metrics_db, float(params["regression_threshold"]), run_dir,
+                               baseline=params["baseline_run"] or None)
 
     # all_done: the report is written whatever failed before it, so a red run still has one.
     @task(trigger_rule="all_done")
@@ -103,7 +107,7 @@ def virnucpro_nightly() -> None:
         from pipeline.orchestration import report_step
 
         return report_step(params["metrics_db"] or None, _run_dir(params, run_id),
-                           float(params["regression_threshold"]))
+                           float(params["regression_threshold"]), baseline=params["baseline_run"] or None)
 
     # No retries: a failed threshold does not fix itself.
     @task(retries=0)

@@ -437,26 +437,30 @@ def ingest_step(paths: Sequence[str | Path | None], metrics_db: str | Path | Non
     return str(db)
 
 
-def regression_step(metrics_db: str | Path | None, threshold: float, run_dir: str | Path) -> str:
-    """Compare the latest runs in the store with the runs before them; writes every comparison to
-    ``OUT/validation/regressions.json`` (``regressed`` marks the failures) and returns that path."""
+def regression_step(metrics_db: str | Path | None, threshold: float, run_dir: str | Path,
+                    baseline: str | None = None) -> str:
+    """Compare the latest runs in the store with the runs before them (and with the pinned
+    ``baseline`` run, when given); writes every comparison to ``OUT/validation/regressions.json``
+    (``regressed`` marks the failures) and returns that path."""
     from validation.regression import check_regressions
 
     layout = RunLayout(Path(run_dir))
-    rows = check_regressions(_metrics_db(metrics_db), threshold)
+    rows = check_regressions(_metrics_db(metrics_db), threshold, baseline=baseline)
     out = layout.validation / "regressions.json"
     atomic_write_text(out, json.dumps(rows, indent=2, default=str))
     return str(out)
 
 
-def report_step(metrics_db: str | Path | None, run_dir: str | Path, threshold: float = 0.10) -> str:
+def report_step(metrics_db: str | Path | None, run_dir: str | Path, threshold: float = 0.10,
+                baseline: str | None = None) -> str:
     """Render the self-contained HTML report of the metrics store to ``OUT/report.html``."""
     from validation.report import render_report
 
     layout = RunLayout(Path(run_dir))
     scored = layout.root / "frame_scores.parquet"
     return str(render_report(_metrics_db(metrics_db), layout.root / "report.html",
-                             slowdown_threshold=threshold, run_dir=layout.root if scored.is_file() else None))
+                             slowdown_threshold=threshold, baseline=baseline,
+                             run_dir=layout.root if scored.is_file() else None))
 
 
 def gate_step(equivalence_json: str | None, regressions_json: str | None) -> None:

@@ -251,3 +251,16 @@ def test_nightly_threshold_failure_fails_the_run_after_the_report(dagbag, airflo
     assert (run_dir / "report.html").is_file()
     doc = json.loads((run_dir / "validation" / "equivalence.json").read_text())
     assert doc["passed"] is False
+
+
+def test_nightly_regression_step_compares_with_a_pinned_baseline(tmp_path):
+    from pipeline.orchestration import regression_step
+    from validation import samples
+    from validation.store import MetricsStore
+
+    db = tmp_path / "m.duckdb"
+    MetricsStore(db).ingest_files(samples.write_samples(tmp_path / "in"))
+    rows = json.loads(Path(regression_step(db, 0.10, tmp_path / "run",
+                                           baseline="20261118T020000Z-sample18")).read_text())
+    assert {r["reference"] for r in rows} == {"previous", "baseline"}
+    assert any(r["regressed"] and r["reference"] == "baseline" for r in rows)
