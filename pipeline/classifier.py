@@ -207,7 +207,9 @@ def _load_safetensors(path: Path) -> MLPClassifier:
             header = fh.metadata() or {}
             state = {key: fh.get_tensor(key) for key in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read classifier {path}: {exc}") from None
+        raise ModelLoadError(f"cannot read classifier {path} as safetensors ({exc}); give the original "
+                             "300_model.pth / 500_model.pth, a .safetensors file written by `virnucpro train`, "
+                             "or 'random'") from None
     if header.get("format") != FORMAT:
         raise ModelLoadError(
             f"{path} is a safetensors file but not a VirNucPro classifier (format="

@@ -44,7 +44,8 @@ def read_shard(shard_path: Path, column: str) -> tuple[list[str], list[str]]:
     missing = [c for c in ("id", column) if c not in schema.names]
     if missing:
         raise InputError(f"shard {path} has no column {missing[0]!r} (columns: {', '.join(schema.names)}); "
-                         f"use one of {', '.join(n for n in schema.names if n != 'id')}")
+                         "a shard holds id, nucleotide and protein: make shards with write_shards (or "
+                         "`virnucpro predict`), not from frames.parquet")
     table = pq.read_table(path, columns=["id", column])
     ids = [str(x) for x in table.column("id").to_pylist()]
     seqs = table.column(column).to_pylist()

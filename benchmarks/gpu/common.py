@@ -68,4 +68,4 @@ def save(path: Path, result: dict[str, Any]) -> None:
     """Write the result JSON atomically (a partial result survives a later failure or timeout)."""
     from pipeline.atomic import atomic_write_text
 
-    atomic_write_text(path, json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2, default=str))

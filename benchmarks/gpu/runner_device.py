@@ -18,7 +18,6 @@ The model is loaded once and warmed up before either measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ if str(ROOT) not in sys.path:  # runs from a plain checkout (no pip install) on 
 
 import numpy as np  # noqa: E402
 
-from benchmarks.gpu.common import synchronize  # noqa: E402
+from benchmarks.gpu.common import save, synchronize  # noqa: E402
 
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
@@ -209,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             record = embed_shard(shard, None, kind, cfg, work / "out", encoder=encoder)
         except Exception as exc:  # keep the bare numbers and say what failed
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"benchmark": "runner_device", "environment": environment_info(),
-                                            "bare": bare, "error": f"{type(exc).__name__}: {exc}"},
-                                           indent=2, default=str))
+            save(args.out, {"benchmark": "runner_device", "environment": environment_info(),
+                            "bare": bare, "error": f"{type(exc).__name__}: {exc}"})
             raise
         runner_wall = time.perf_counter() - t
         check = spot_check(encoder, work / "out", dict(zip(ids, seqs)))
@@ -242,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": "runner end-to-end >= 90% of bare; packing >= 95%",
         "total_s": round(time.perf_counter() - t0, 2),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
+    save(args.out, results)
 
     idle = stage["device_idle_fraction"]
     rows = [
