@@ -194,6 +194,13 @@ class AirflowServer:
         quoted = urllib.request.quote(run_id, safe="")
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"]
 
+    def run_to_success(self, dag_id: str, conf: Mapping[str, Any], timeout: float) -> dict[str, dict[str, Any]]:
+        """Trigger a run, assert it succeeds, return its task instances by task id."""
+        run_id = self.trigger(dag_id, conf)
+        state = self.wait_for_run(dag_id, run_id, timeout=timeout)
+        assert state == "success", self.log_tail()
+        return {ti["task_id"]: ti for ti in self.task_instances(dag_id, run_id)}
+
 
 @pytest.fixture
 def serve_factory() -> Iterator:

@@ -28,11 +28,8 @@ def test_rest_api_triggers_a_predict_run(tmp_path, serve_factory):  # noqa: F811
                        {"logical_date": None, "conf": {"input_path": str(fasta), "precision": "fp8"}})
 
     run_dir = tmp_path / "run"
-    run_id = server.trigger("virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"))
-    state = server.wait_for_run("virnucpro_predict", run_id, timeout=300)
-    assert state == "success", server.log_tail()
-
-    tis = {ti["task_id"]: ti for ti in server.task_instances("virnucpro_predict", run_id)}
+    tis = server.run_to_success("virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"),
+                                timeout=300)
     assert tis["embed"]["pool"] == "gpu" and tis["embed"]["queue"] == "gpu"
     assert all(ti["state"] == "success" for ti in tis.values()), tis
     lines = (run_dir / "prediction_results.txt").read_text().splitlines()

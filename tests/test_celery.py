@@ -38,11 +38,8 @@ def test_celery_workers_run_the_predict_dag(tmp_path, serve_factory):  # noqa: F
     server.login()
     server.wait_for_dag("virnucpro_predict")
     run_dir = tmp_path / "run"
-    run_id = server.trigger("virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"))
-    state = server.wait_for_run("virnucpro_predict", run_id, timeout=360)
-    assert state == "success", server.log_tail()
-
-    tis = {ti["task_id"]: ti for ti in server.task_instances("virnucpro_predict", run_id)}
+    tis = server.run_to_success("virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"),
+                                timeout=360)
     assert tis["embed"]["queue"] == "gpu" and tis["prepare"]["queue"] == "default"
     # Each worker only consumed its own queue.
     logs = tmp_path / "home" / "logs" / "services"
