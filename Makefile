@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/demo
 
-.PHONY: install test demo airflow bench clean
+.PHONY: install lint test demo airflow bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Formatting, lint and the import layers (pyproject.toml [tool.ruff], [tool.importlinter]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
 # pytest exits with 5 when it collects no tests, so an empty suite fails here too.
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest tests
 
 # The nightly DAG run in-process (`airflow dags test`) on a fresh SQLite AIRFLOW_HOME, offline demo

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EncoderConfig
-from pipeline.models.dnabert_s import load_dnabert_s, masked_mean, pad_batch, padded_reference_forward
+from pipeline.core.config import EncoderConfig
+from pipeline.models.dnabert_s import load_dnabert_s
+from pipeline.models.dnabert_s.model import masked_mean, pad_batch, padded_reference_forward
 
 N_SEQUENCES = 48
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EncoderConfig
+from pipeline.core.config import EncoderConfig
+from pipeline.embed.planning import plan_batches
 from pipeline.models.esm2 import load_esm2
-from pipeline.packing import plan_batches
 
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 _RESULTS: dict[str, float] = {}

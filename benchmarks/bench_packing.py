@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.packing import packing_efficiency, plan_batches
+from pipeline.embed.planning import packing_efficiency, plan_batches
 
 
 def frame_lengths(kind: str, n: int, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,5 @@
 """End to end on one machine: prepare -> embed (both models) -> classify -> merge, through
-`pipeline.predict.run_predict`, with tiny random models on CPU (bigger ones on a GPU, see
+`pipeline.run.predict.run_predict`, with tiny random models on CPU (bigger ones on a GPU, see
 ``conftest.SIZES``).
 
 Run: ``pytest benchmarks/bench_pipeline.py --benchmark-autosave``. Each round writes into a fresh
@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 
-_MISSING = [m for m in ("pipeline.predict", "pipeline.prepare", "pipeline.embed", "pipeline.classify")
+_MISSING = [m for m in ("pipeline.run.predict", "pipeline.prepare.stage", "pipeline.embed.runner", "pipeline.classify.scoring")
             if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"pipeline modules not present yet: {_MISSING}")
 
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"pipeline modules not pr
 def test_pipeline_end_to_end(benchmark, synthetic_fasta, bench_size, gpu, tmp_path):
     import torch
 
-    from pipeline.config import EncoderConfig, PredictConfig, Settings
-    from pipeline.predict import run_predict
+    from pipeline.core.config import EncoderConfig, PredictConfig, Settings
+    from pipeline.run.predict import run_predict
 
     if not gpu:
         torch.set_num_threads(1)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.prepare import prepare
-from pipeline.translate import STANDARD_CODE
+from pipeline.prepare.stage import prepare
+from pipeline.prepare.translate import STANDARD_CODE
 
 TOTAL_BASES = 3_000_000
 CASES = {

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from pipeline.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
-from pipeline.dag_tasks import gpu_task_kwargs, output_dir_for, production_chain
+from pipeline.airflow_tasks import gpu_task_kwargs, output_dir_for, production_chain
+from pipeline.core.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_ROOT = REPO / "out" / "nightly"
@@ -78,25 +78,25 @@ def _run_dir(params, run_id) -> str:
 def virnucpro_nightly() -> None:
     @task(**gpu_task_kwargs())
     def equivalence(run_dir: str, params=None, run_id=None) -> str:
-        from pipeline.orchestration import equivalence_step
+        from validation.steps import equivalence_step
 
         return equivalence_step(params, run_dir, f"virnucpro_nightly:{run_id}:validate")
 
     @task
     def benchmarks(run_dir: str, params=None) -> str | None:
-        from pipeline.orchestration import benchmark_step
+        from validation.steps import benchmark_step
 
         return benchmark_step(run_dir, params["benchmarks_path"], bool(params["skip_benchmarks"]))
 
     @task
     def ingest(run_record: str, equivalence_json: str, benchmark_json: str | None, params=None) -> str:
-        from pipeline.orchestration import ingest_step
+        from validation.steps import ingest_step
 
         return ingest_step([run_record, equivalence_json, benchmark_json], params["metrics_db"] or None)
 
     @task
     def regressions(metrics_db: str, run_dir: str, params=None) -> str:
-        from pipeline.orchestration import regression_step
+        from validation.steps import regression_step
 
         return regression_step(metrics_db, float(params["regression_threshold"]), run_dir,
                                baseline=params["baseline_run"] or None)
@@ -104,7 +104,7 @@ def virnucpro_nightly() -> None:
     # all_done: the report is written whatever failed before it, so a red run still has one.
     @task(trigger_rule="all_done")
     def report(params=None, run_id=None) -> str:
-        from pipeline.orchestration import report_step
+        from validation.steps import report_step
 
         return report_step(params["metrics_db"] or None, _run_dir(params, run_id),
                            float(params["regression_threshold"]), baseline=params["baseline_run"] or None)
@@ -112,7 +112,7 @@ def virnucpro_nightly() -> None:
     # No retries: a failed threshold does not fix itself.
     @task(retries=0)
     def gate(equivalence_json: str, regressions_json: str, report_html: str, params=None) -> None:
-        from pipeline.orchestration import gate_step
+        from validation.steps import gate_step
 
         gate_step(equivalence_json, regressions_json if params["fail_on_regression"] else None)
 

@@ -6,8 +6,8 @@ object whose keys are the parameters below. Outputs go to ``output_dir`` (defaul
 ``out/runs/<run id>`` under the worker's working directory) in the same layout and formats as
 ``virnucpro predict -o OUT``; the run record is ingested into the DuckDB metrics store.
 
-The file only wires tasks: the task chain is `pipeline.dag_tasks.production_chain` (shared with
-the nightly DAG), the work is done by `pipeline.orchestration`, and torch and the models are
+The file only wires tasks: the task chain is `pipeline.airflow_tasks.production_chain` (shared with
+the nightly DAG), the work is done by `pipeline.run.steps`, and torch and the models are
 imported inside the task bodies, so parsing this file stays fast and light.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag
 
-from pipeline.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
-from pipeline.dag_tasks import production_chain
+from pipeline.airflow_tasks import production_chain
+from pipeline.core.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
 
 DEFAULT_OUTPUT_ROOT = Path("out/runs")
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import is_random_classifier
-from pipeline.errors import ConfigError, ThresholdFailed
+from pipeline.core.config import is_random_classifier
+from pipeline.core.errors import ConfigError, ThresholdFailed
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class EquivalenceConfig:
     keep_cosines: bool = True
 
     def __post_init__(self) -> None:
-        from pipeline.config import ATTENTION_BACKENDS, PRECISIONS, validate_choice
+        from pipeline.core.config import ATTENTION_BACKENDS, PRECISIONS, validate_choice
 
         if self.n < 1:
             raise ConfigError(f"n={self.n} must be >= 1 frame")
@@ -127,15 +127,15 @@ class FrameSet:
 
 
 def synthetic_frames(n: int, chunk_size: int = 300, seed: int = 0) -> FrameSet:
-    """``n`` kept frames from seeded synthetic reads, cut and translated by ``pipeline.prepare``.
+    """``n`` kept frames from seeded synthetic reads, cut and translated by ``pipeline.prepare.stage``.
 
     Reads are 0.5 to 2 chunk lengths long with 60-85 % GC (so that stop-free frames are common and
     chunks keep several frames); frames are taken read by read until ``n`` are collected.
     """
-    from pipeline.translate import six_frames
+    from pipeline.prepare.translate import six_frames
 
     try:
-        from pipeline.prepare import chunk_sequence
+        from pipeline.prepare.stage import chunk_sequence
     except ImportError:  # prepare's FASTA reader needs Biopython, which GPU images may lack
         def chunk_sequence(seq: str, size: int) -> list[str]:
             return [seq[i:i + size] for i in range(0, len(seq), size)]
@@ -193,13 +193,13 @@ def compare_embeddings(candidate: np.ndarray, baseline: np.ndarray) -> dict[str,
 
 
 def frame_labels(probs: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` [P(others), P(virus)] -> ``(N,) bool`` virus call, as ``pipeline.merge.labels``."""
+    """``(N, 2)`` [P(others), P(virus)] -> ``(N,) bool`` virus call, as ``pipeline.classify.merge.labels``."""
     return np.asarray(probs[:, 1] > probs[:, 0])
 
 
 def chunk_labels(ids: list[str], probs: np.ndarray) -> dict[str, bool]:
     """Per-chunk virus call by the original's consensus (max score per class over the chunk's frames)."""
-    from pipeline.merge import consensus
+    from pipeline.classify.merge import consensus
 
     table = consensus(ids, probs[:, 0], probs[:, 1])
     return dict(zip(table["Modified_ID"], table["Is_Virus"].astype(bool), strict=True))
@@ -231,7 +231,7 @@ def passes(row: dict[str, Any], t: Thresholds, *, enforce_labels: bool = True) -
 
 
 def _encoder(kind: str, spec: str, precision: str, attention: str, cfg: EquivalenceConfig):
-    from pipeline.config import EncoderConfig
+    from pipeline.core.config import EncoderConfig
     from pipeline.models.registry import load_encoder
 
     return load_encoder(kind, EncoderConfig(spec, precision=precision, attention=attention, seed=cfg.seed),
@@ -243,7 +243,7 @@ def _packed_embeddings(encoder, sequences: list[str], budget: int | None) -> tup
     Returns ``(N, D) float32`` in input order and packing stats."""
     import torch
 
-    from pipeline.packing import choose_token_budget, packing_efficiency, plan_batches
+    from pipeline.embed.planning import choose_token_budget, packing_efficiency, plan_batches
 
     tokens = [np.asarray(encoder.tokenizer.encode(s), dtype=np.int64) for s in sequences]
     lengths = np.array([t.size for t in tokens])
@@ -290,7 +290,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     """
     import torch
 
-    from pipeline.classifier import load_classifier
+    from pipeline.classify.mlp import load_classifier
 
     frames = synthetic_frames(config.n, config.chunk_size, config.seed)
     columns = {"dnabert-s": frames.nucleotide, "esm2": frames.protein}
@@ -387,7 +387,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
 
 def validation_document(config: EquivalenceConfig, rows: list[dict[str, Any]], started_at: str) -> dict[str, Any]:
     """The ``virnucpro validate --json`` document (schema ``virnucpro.validate/1``)."""
-    from pipeline.runinfo import environment_info, new_run_id, utc_now
+    from pipeline.core.runinfo import environment_info, new_run_id, utc_now
 
     cfg = asdict(config)
     thresholds = cfg.pop("thresholds")
@@ -403,15 +403,15 @@ def run_validation(config: EquivalenceConfig, json_path: str | Path, db_path: st
     `ThresholdFailed` if a row failed. Returns the document."""
     import json
 
-    from pipeline.atomic import atomic_write_text
-    from pipeline.runinfo import utc_now
+    from pipeline.core.atomic import atomic_write_text
+    from pipeline.core.runinfo import utc_now
 
     started = utc_now()
     rows = run_equivalence(config)
     doc = validation_document(config, rows, started)
     atomic_write_text(json_path, json.dumps(doc, indent=1))
     if db_path is not None:
-        from validation.store import MetricsStore
+        from validation.metrics_store import MetricsStore
 
         MetricsStore(db_path).ingest_file(json_path)
     if enforce_thresholds:

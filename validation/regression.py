@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, ThresholdFailed
+from pipeline.core.errors import ConfigError, ThresholdFailed
 
 # One row per (run, metric): a name, a unit, a value and which direction is better.
 _METRICS_SQL = r"""
@@ -45,7 +45,7 @@ FROM m JOIN runs r USING (run_id)
 def metric_table(db_path: str | Path):
     """All comparable metrics as a pandas DataFrame: run_id, metric, unit, value, higher_is_better,
     kind, source, device_name, started_at."""
-    from validation.store import MetricsStore
+    from validation.metrics_store import MetricsStore
 
     return MetricsStore(db_path).query(_METRICS_SQL)
 

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_write_text
-from pipeline.errors import ConfigError
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -151,12 +151,12 @@ def _section_benchmarks(store) -> dict[str, Any]:
 
 
 def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
-    """The per-record score plot of one predict output directory (``pipeline.plots.plot_run``)."""
+    """The per-record score plot of one predict output directory (``pipeline.classify.plots.plot_run``)."""
     if run_dir is None:
         return {"run_dir": None, "img": None}
     import base64
 
-    from pipeline.plots import plot_run
+    from pipeline.classify.plots import plot_run
 
     png = plot_run(run_dir)
     return {"run_dir": str(run_dir), "img": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
@@ -165,8 +165,8 @@ def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
 def collect(db_path: str | Path, baseline: str | None = None, slowdown_threshold: float = 0.10,
             run_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain Python data (figures as data URIs)."""
+    from validation.metrics_store import SCHEMA_VERSION, MetricsStore
     from validation.regression import check_regressions
-    from validation.store import SCHEMA_VERSION, MetricsStore
 
     store = MetricsStore(db_path)
     runs = store.query("SELECT run_id, kind, source, started_at, git_commit, host, device_name, device_count "
@@ -200,7 +200,7 @@ def render_html(data: dict[str, Any]) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=_fmt_num, cos=_fmt_cos, pct=_fmt_pct)
-    from pipeline.runinfo import utc_now
+    from pipeline.core.runinfo import utc_now
 
     return env.get_template(TEMPLATE_NAME).render(generated_at=utc_now(), **data)
 

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_write_text
+from pipeline.core.atomic import atomic_write_text
 
 
 def _env(day: int, device: str = "NVIDIA H200", count: int = 1, commit: str = "a" * 40) -> dict[str, Any]:

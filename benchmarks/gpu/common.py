@@ -66,6 +66,6 @@ def packed_batches(token_ids: list[np.ndarray], plan: list[list[int]], device,
 
 def save(path: Path, result: dict[str, Any]) -> None:
     """Write the result JSON atomically (a partial result survives a later failure or timeout)."""
-    from pipeline.atomic import atomic_write_text
+    from pipeline.core.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=2, default=str))

@@ -12,7 +12,7 @@ Part B (throughput, fp16, random DNA 150-500 bp):
 - padded: the reference-style padded forward in fp16 on length-sorted batches
   (batch size x longest length <= budget), masked mean;
 - packed eager / packed compiled: `embed_packed` on FFD token-budget batches
-  (`pipeline.packing.plan_batches`).
+  (`pipeline.embed.planning.plan_batches`).
 Tokens/s counts real tokens ([CLS] and [SEP] included). One warm-up pass over a few batches, then
 one timed pass over all batches (inputs already on the device). Goal on one H200 with the real
 DNABERT-S architecture (``random:dnabert-s``): >= 1M tokens/s packed.
@@ -55,7 +55,7 @@ def random_dna(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
 
 
 def to_padded(token_ids: list[np.ndarray], plan: list[list[int]], pad_id: int, device) -> list[tuple]:
-    from pipeline.models.dnabert_s import pad_batch
+    from pipeline.models.dnabert_s.model import pad_batch
 
     return [(*pad_batch([token_ids[i] for i in idx], pad_id, device), idx) for idx in plan]
 
@@ -75,10 +75,11 @@ def cosine_stats(a, b) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from pipeline.config import EncoderConfig
-    from pipeline.models.dnabert_s import load_dnabert_s, masked_mean, padded_reference_forward
-    from pipeline.packing import packing_efficiency, plan_batches
-    from pipeline.runinfo import environment_info
+    from pipeline.core.config import EncoderConfig
+    from pipeline.core.runinfo import environment_info
+    from pipeline.embed.planning import packing_efficiency, plan_batches
+    from pipeline.models.dnabert_s import load_dnabert_s
+    from pipeline.models.dnabert_s.model import masked_mean, padded_reference_forward
 
     t_start = time.perf_counter()
     preset = dict(SMOKE if args.smoke else GPU)
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eff = packing_efficiency(lengths, packed_plan, budget)
     warmup_s = timed(lambda: run_packed(model, packed[:warm]), device)
     record("packed eager", model.backend, timed(lambda: run_packed(model), device), len(packed), eff, warmup_s)
-    del model, params
+    model = params = None  # free the fp16 weights before the compiled model is built
 
     if preset["compile"]:
         if time.perf_counter() - t_start > COMPILE_DEADLINE_S:

@@ -10,7 +10,7 @@ Part B (throughput, fp16; fp32 in --smoke): two mixes, short reads (30-60 aa) an
 - vanilla: fair-esm's ``ESM2.forward`` in fp16 on length-sorted padded batches (fair-esm's own
   ``toks_per_batch`` rule: batch size x longest length <= budget), residue mean in one masked sum;
 - packed eager / packed compiled: `PackedESM2` with the best available attention backend,
-  token-budget packed batches (`pipeline.packing.plan_batches`, first-fit decreasing), `embed_packed`.
+  token-budget packed batches (`pipeline.embed.planning.plan_batches`, first-fit decreasing), `embed_packed`.
 Tokens/s counts real tokens (residues + BOS + EOS). Each path runs one warm-up pass over a few
 batches, then one timed pass over all of them (inputs already on the device).
 Goals on one H200 with ESM-2 3B: >= 100K tokens/s and >= 2.5x vanilla.
@@ -65,7 +65,7 @@ def lengths_for_tokens(lo: int, hi: int, tokens: int, rng: np.random.Generator) 
 
 def pack_plan(lengths: list[int], budget: int) -> list[list[int]]:
     """The production packer: first-fit decreasing into batches of <= ``budget`` tokens."""
-    from pipeline.packing import plan_batches
+    from pipeline.embed.planning import plan_batches
 
     return plan_batches(np.asarray(lengths), budget)
 
@@ -107,9 +107,9 @@ def cosine_stats(a, b) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from pipeline.config import EncoderConfig
+    from pipeline.core.config import EncoderConfig
+    from pipeline.core.runinfo import environment_info
     from pipeline.models.esm2 import load_esm2
-    from pipeline.runinfo import environment_info
 
     sizes = SMOKE if args.smoke else GPU
     device = torch.device("cpu" if args.smoke else args.device)

@@ -8,7 +8,7 @@ What it measures, on the same synthetic shard of short-read frames (~50 aa) in t
 - bare: the model alone - `embed_packed` in a loop over batches already packed (same FFD plan and
   token budget as the runner) and already on the device; one sync at the end. Measured on an
   evenly spread subset of the plan's batches so it fits the time limit.
-- runner: `pipeline.embed.embed_shard` on the shard parquet with the already loaded model: read,
+- runner: `pipeline.embed.runner.embed_shard` on the shard parquet with the already loaded model: read,
   tokenize, pack, copy, forward, pool, copy back, check, write parts (atomic, checksummed).
   Reported as tokens / wall seconds of the whole call, and as the embed loop's own tokens/s.
 - device idle fraction inside the runner's embed loop (CUDA events around every batch),
@@ -102,7 +102,7 @@ def spot_check(encoder, out_dir: Path, by_id: dict[str, str], n: int = 256) -> d
     batch at a time (catches any stream/copy ordering bug in the runner's asynchronous path)."""
     import torch
 
-    from pipeline.store import open_embeddings
+    from pipeline.embed.parts import open_embeddings
 
     es = open_embeddings(out_dir)
     rows = np.linspace(0, len(es) - 1, min(n, len(es))).round().astype(int)
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.config import EmbedConfig, EncoderConfig
-    from pipeline.embed import embed_shard
+    from pipeline.core.config import EmbedConfig, EncoderConfig
+    from pipeline.core.runinfo import environment_info
+    from pipeline.embed.planning import choose_token_budget, plan_batches
+    from pipeline.embed.runner import embed_shard
     from pipeline.models.registry import load_encoder
-    from pipeline.packing import choose_token_budget, plan_batches
-    from pipeline.runinfo import environment_info
 
     smoke = args.smoke
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))

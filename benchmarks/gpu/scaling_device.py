@@ -2,7 +2,7 @@
 
 For each model (ESM-2 3B and DNABERT-S by default, random weights of the real architectures) and
 each GPU count n, the synthetic frames are stride-sharded into n shards over the length-sorted
-order (as the pipeline shards) and embedded by `pipeline.coordinator.embed_all`, one worker
+order (as the pipeline shards) and embedded by `pipeline.embed.multigpu.coordinator.embed_all`, one worker
 process per GPU. Reported per run:
 
 - ``seconds``: the embed phase, from the first batch start to the last batch end over all
@@ -77,12 +77,12 @@ def _start_line(barrier, worker: int, attempt: int) -> None:
     Without it the embed window (first batch start to last batch end over all workers) would also
     measure how much later one worker finished loading and tokenizing than another. The wait is
     placed after the runner has planned its batches, the last step before its embed clock starts
-    (`pipeline.embed` looks ``plan_batches`` up at call time); if that hook is not there, the
+    (`pipeline.embed.runner` looks ``plan_batches`` up at call time); if that hook is not there, the
     workers wait here instead, before loading. Retries (attempt > 0) never wait.
     """
     import torch
 
-    import pipeline.embed as embed
+    import pipeline.embed.runner as embed
 
     if torch.cuda.is_available():
         # CUDA context and cuBLAS handle now, not inside the measured phase
@@ -130,9 +130,9 @@ def gpu_counts(n_visible: int, requested: str | None) -> list[int]:
 def run_one(kind: str, model: str, table, n: int, gpus: list[int] | None, args, work: Path) -> dict[str, Any]:
     import multiprocessing
 
-    from pipeline.config import EmbedConfig, EncoderConfig
-    from pipeline.coordinator import embed_all
-    from pipeline.shard import write_table_shards
+    from pipeline.core.config import EmbedConfig, EncoderConfig
+    from pipeline.embed.multigpu.coordinator import embed_all
+    from pipeline.prepare.shard import write_table_shards
 
     shard_dir = work / f"shards-{kind}-n{n}"
     shards = write_table_shards(table, n, shard_dir)  # the pipeline's sharding rule
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.runinfo import environment_info, new_run_id, utc_now
+    from pipeline.core.runinfo import environment_info, new_run_id, utc_now
 
     defaults = SMOKE_DEFAULTS if args.smoke else GPU_DEFAULTS
     args.precision = args.precision or ("fp32" if args.smoke else "fp16")
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(environment: dict[str, Any]) -> None:
         # Written after every run, so a run cut short by a time limit still leaves its results.
-        from pipeline.atomic import atomic_write_text
+        from pipeline.core.atomic import atomic_write_text
 
         doc = {"schema": SCHEMA, "run_id": run_id, "started_at": started_at, "finished_at": utc_now(),
                "environment": environment, "config": config,

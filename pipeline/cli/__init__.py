@@ -14,8 +14,8 @@ import sys
 import click
 
 from pipeline import __version__
-from pipeline.config import Settings
-from pipeline.errors import VirNucProError
+from pipeline.core.config import Settings
+from pipeline.core.errors import VirNucProError
 
 # name -> module under pipeline.cli; a module that does not exist yet is simply not listed.
 _COMMANDS = {

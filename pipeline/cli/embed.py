@@ -5,7 +5,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS, Settings
+from pipeline.core.config import (
+    ATTENTION_BACKENDS,
+    DEFAULT_DNABERT_MODEL,
+    DEFAULT_ESM_MODEL,
+    PRECISIONS,
+    Settings,
+)
 
 _DEFAULT_MODELS = {"esm2": DEFAULT_ESM_MODEL, "dnabert-s": DEFAULT_DNABERT_MODEL}
 
@@ -48,8 +54,8 @@ def command(ctx: click.Context, shard: Path, kind: str, model_spec: str | None, 
     """
     import torch
 
-    from pipeline.config import EmbedConfig, EncoderConfig
-    from pipeline.embed import embed_shard
+    from pipeline.core.config import EmbedConfig, EncoderConfig
+    from pipeline.embed.runner import embed_shard
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 
 
 @click.command("ingest")
@@ -16,7 +16,7 @@ from pipeline.config import Settings
 def command(ctx: click.Context, files: tuple[Path, ...], db_path: Path | None) -> None:
     """Ingest FILES (run records, validate JSON, pytest-benchmark JSON, scaling JSON, GPU benchmark
     JSON; the type is detected from the content). A file ingested before is skipped."""
-    from validation.store import MetricsStore
+    from validation.metrics_store import MetricsStore
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     store = MetricsStore(db_path or settings.metrics_db)

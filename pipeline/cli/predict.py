@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pipeline.config import (
+from pipeline.core.config import (
     ATTENTION_BACKENDS,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DNABERT_MODEL,
@@ -52,8 +52,8 @@ def build_predict_config(input_path: Path | None, out_dir: Path, *, chunk_size: 
                          dnabert_model: str, classifier: str | None, gpus: str | None, precision: str | None,
                          attention: str, compile_: bool, resume: bool, demo: bool,
                          settings: Settings) -> PredictConfig:
-    """Options -> `PredictConfig` (built by `pipeline.predict.make_predict_config`)."""
-    from pipeline.predict import make_predict_config
+    """Options -> `PredictConfig` (built by `pipeline.run.predict.make_predict_config`)."""
+    from pipeline.run.predict import make_predict_config
 
     gpu_list = parse_gpus(gpus)
     return make_predict_config(
@@ -82,7 +82,7 @@ def command(ctx: click.Context, input_path: Path, out_dir: Path, classifier: str
     (per chunk) in the original VirNucPro formats, OUT/record_summary.tsv (per input record) and
     OUT/run_record.json (timings and settings).
     """
-    from pipeline.predict import DEMO_NOTE, run_predict
+    from pipeline.run.predict import DEMO_NOTE, run_predict
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     if classifier is None and not options["demo"]:

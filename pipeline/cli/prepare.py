@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import DEFAULT_CHUNK_SIZE, Settings
+from pipeline.core.config import DEFAULT_CHUNK_SIZE, Settings
 
 
 @click.command("prepare")
@@ -18,7 +18,7 @@ from pipeline.config import DEFAULT_CHUNK_SIZE, Settings
 def command(ctx: click.Context, input_path: Path, out_dir: Path, chunk_size: int) -> None:
     """Split INPUT (FASTA, plain or gzip) into overlapping chunks and keep the stop-free frames
     of their six-frame translation, exactly as the original VirNucPro does."""
-    from pipeline.prepare import prepare
+    from pipeline.prepare.stage import prepare
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     paths = prepare(input_path, out_dir, chunk_size, progress=settings.progress)

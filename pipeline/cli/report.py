@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
+from pipeline.core.config import Settings
+from pipeline.core.errors import ConfigError
 
 
 @click.command("report")

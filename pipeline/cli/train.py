@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from pipeline.cli.predict import build_predict_config, embedding_options
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 
 _PATH = click.Path(exists=True, path_type=Path)
 
@@ -36,7 +36,8 @@ def command(ctx: click.Context, viral: tuple[Path, ...], other: tuple[Path, ...]
             batch_size: int, lr: float, patience: int, val_fraction: float, seed: int, **options: Any) -> None:
     """Embed labelled inputs with DNABERT-S and ESM-2 and train the MLP classifier as the original
     train.py does; saves OUT/classifier.safetensors (usable as `predict --classifier`)."""
-    from pipeline.train import TrainConfig, TrainRunConfig, train_from_inputs
+    from pipeline.classify.train import TrainConfig
+    from pipeline.run.train import TrainRunConfig, train_from_inputs
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     predict_cfg = build_predict_config(None, out_dir, classifier=None, settings=settings, **options)

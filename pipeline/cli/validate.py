@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import ATTENTION_BACKENDS, PRECISIONS
-from pipeline.errors import ConfigError
+from pipeline.core.config import ATTENTION_BACKENDS, PRECISIONS
+from pipeline.core.errors import ConfigError
 
 # Tiny random architectures on CPU; the full-size architectures on a GPU (pass real checkpoints
 # with --esm-model / --dnabert-model to validate trained weights).

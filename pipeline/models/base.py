@@ -98,7 +98,7 @@ class FiniteMonitor:
     """Device-side NaN/Inf flag over pooled batches, checked with one host sync per output unit.
 
     `note` runs inside the forward (no synchronisation); `check` synchronises once, resets, and
-    raises `pipeline.errors.NumericalError` naming the first bad batch since the previous check.
+    raises `pipeline.core.errors.NumericalError` naming the first bad batch since the previous check.
     """
 
     def __init__(self, model_name: str, device: torch.device | str) -> None:
@@ -122,7 +122,7 @@ class FiniteMonitor:
         self._batches += 1
 
     def check(self, context: str, *, precision: str, backend: str) -> None:
-        from pipeline.errors import NumericalError
+        from pipeline.core.errors import NumericalError
 
         bad, first, batches = bool(self._bad.item()), int(self._first.item()), self._batches
         self.reset()

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.config import KIND_COLUMN
-from pipeline.errors import ConfigError
+from pipeline.core.config import KIND_COLUMN
+from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.config import EncoderConfig
+    from pipeline.core.config import EncoderConfig
     from pipeline.models.base import PackedEncoder
 
 """Which prepared-shard column each model kind embeds."""

@@ -1,0 +1,96 @@
+"""The production task chain shared by the Airflow DAGs: prepare -> shard -> embed (mapped, one task
+per shard on the ``gpu`` pool) -> classify -> merge -> record.
+
+`production_chain` is called inside a ``@dag`` function body and adds the six tasks to that DAG.
+It lives in the installed package (not beside the DAG files) so that the scheduler, the workers,
+``DagBag(dag_folder=...)`` and ``airflow dags test`` all import the same definition whatever is
+on ``sys.path``. Airflow is imported inside the functions only, so `pipeline` keeps working
+without it; torch and the models are imported inside the task bodies (via
+`pipeline.run.steps`), so DAG parsing stays light.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.run.steps import GPU_POOL, GPU_QUEUE, gpu_executor_config, resolve_output_dir
+
+__all__ = ["gpu_task_kwargs", "output_dir_for", "production_chain"]
+
+
+def gpu_task_kwargs() -> dict[str, Any]:
+    """``@task`` arguments of a task that uses a GPU: the ``gpu`` pool and queue, and the pod
+    override under KubernetesExecutor.
+
+    Queues matter only to CeleryExecutor (LocalExecutor and KubernetesExecutor ignore them), so
+    GPU tasks always ask for the ``gpu`` queue; the pod override is built only when the configured
+    executor is KubernetesExecutor.
+    """
+    from airflow.sdk import conf
+
+    executor = conf.get("core", "executor", fallback="LocalExecutor")
+    return {"pool": GPU_POOL, "queue": GPU_QUEUE, "executor_config": gpu_executor_config(executor)}
+
+
+def output_dir_for(params: Any, run_id: str, default_root: str | Path) -> str:
+    """The run's output directory: ``params["output_dir"]``, else ``default_root/<run id>``."""
+    return str(resolve_output_dir(params["output_dir"], default_root, run_id))
+
+
+def production_chain(dag_id: str, default_output_root: str | Path) -> tuple[Any, Any]:
+    """Add the production tasks to the DAG being defined; returns the XComArgs ``(run_dir,
+    run_record)`` (the run directory and the path of its ``run_record.json``) for further wiring.
+
+    The DAG's params must include the keys of ``virnucpro_predict``'s schema (input_path,
+    output_dir, chunk_size, models, classifier, precision, attention, gpu_slots, resume, demo,
+    metrics_db). The run record is ingested under the run id ``<dag_id>:<Airflow run id>``.
+    """
+    from airflow.sdk import task
+
+    @task
+    def prepare(params=None, run_id=None) -> str:
+        from pipeline.run.steps import prepare_step
+
+        return prepare_step(params, output_dir_for(params, run_id, default_output_root))
+
+    @task
+    def shard(run_dir: str, params=None) -> list[str]:
+        from pipeline.run.steps import shard_step
+
+        return shard_step(run_dir, int(params["gpu_slots"]))
+
+    @task(retries=2, **gpu_task_kwargs())
+    def embed(shard_path: str, run_dir: str, params=None, ti=None) -> list[str]:
+        from pipeline.run.steps import embed_step
+
+        return embed_step(params, run_dir, shard_path, ti.map_index, ti.try_number)
+
+    # none_failed: with no frame to embed the mapped embed task is skipped, and classify still
+    # writes the (empty) scores so the run ends with header-only outputs like `virnucpro predict`.
+    @task(trigger_rule="none_failed")
+    def classify(run_dir: str, shard_paths: list[str], params=None) -> str:
+        from pipeline.run.steps import classify_step
+
+        return classify_step(params, run_dir, shard_paths)
+
+    @task
+    def merge(run_dir: str, scores: str) -> dict[str, str]:
+        from pipeline.run.steps import merge_step
+
+        return merge_step(run_dir)
+
+    @task
+    def record(run_dir: str, outputs: dict[str, str], params=None, run_id=None) -> str:
+        from pipeline.run.steps import record_step
+        from validation.steps import ingest_step
+
+        path = record_step(params, run_dir, f"{dag_id}:{run_id}", outputs)
+        ingest_step([path], params["metrics_db"] or None)
+        return path
+
+    run_dir = prepare()
+    shards = shard(run_dir)
+    embedded = embed.partial(run_dir=run_dir).expand(shard_path=shards)
+    scores = classify(run_dir, shards)
+    embedded >> scores
+    return run_dir, record(run_dir, merge(run_dir, scores))

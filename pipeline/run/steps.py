@@ -1,0 +1,372 @@
+"""Step bodies of a production run for the Airflow DAGs (and any other scheduler).
+
+Each function takes plain parameters and paths, builds the frozen configs, calls one pipeline
+function and returns paths or ids (small, JSON-serialisable values that fit in XCom). The nightly
+validation steps live in `validation.steps`. Nothing here imports Airflow, and torch and
+the models are imported inside the functions only, so a DAG file that imports this module parses
+fast and without torch.
+
+Idempotence: every step writes atomically to fixed paths under the run's output directory, so a
+retried task reproduces the same files. Embedding resumes from finished parts when the task is a
+retry (``try_number > 1``) or when the run asks for ``resume``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.config import (
+    ATTENTION_BACKENDS,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_DNABERT_MODEL,
+    DEFAULT_ESM_MODEL,
+    PRECISIONS,
+    PredictConfig,
+    Settings,
+    is_random_classifier,
+)
+from pipeline.core.errors import ConfigError
+from pipeline.run.predict import KINDS, embed_stage_rows, encoder_embed_config, make_predict_config, stage_row
+
+# (kind, shard column): both encoders run in the same task, DNABERT-S first as in `run_predict`.
+EMBED_KINDS = KINDS
+
+GPU_POOL = "gpu"
+GPU_QUEUE = "gpu"
+
+__all__ = [
+    "EMBED_KINDS",
+    "GPU_POOL",
+    "GPU_QUEUE",
+    "RunLayout",
+    "classify_step",
+    "device_for_slot",
+    "embed_config_for",
+    "embed_step",
+    "gpu_executor_config",
+    "merge_step",
+    "predict_config",
+    "prepare_step",
+    "record_step",
+    "resolve_output_dir",
+    "resolve_precision",
+    "shard_step",
+]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where a DAG run's files go (the same layout as ``virnucpro predict -o OUT``)."""
+
+    root: Path
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    def embeddings(self, kind: str) -> Path:
+        return self.root / "embeddings" / kind
+
+    def shard_embeddings(self, kind: str, shard_path: str | Path) -> Path:
+        return self.embeddings(kind) / Path(shard_path).stem
+
+    @property
+    def frame_scores(self) -> Path:
+        return self.root / "frame_scores.parquet"
+
+    @property
+    def run_record(self) -> Path:
+        return self.root / "run_record.json"
+
+    @property
+    def stages(self) -> Path:
+        """One small JSON per finished stage (timings), assembled into the run record at the end."""
+        return self.root / "stages"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation"
+
+
+# --------------------------------------------------------------------------------------------
+# parameters -> configs
+
+
+def resolve_output_dir(output_dir: str | None, default_root: str | Path, run_id: str) -> Path:
+    """The run's output directory: the given one, or ``default_root/<run id made path-safe>``."""
+    if output_dir and str(output_dir).strip():
+        return Path(output_dir).expanduser().resolve()
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"
+    return (Path(default_root) / safe).resolve()
+
+
+def resolve_precision(precision: str, gpu_slots: int) -> str:
+    """``auto`` -> fp16 when embedding on GPUs, fp32 on CPU (the CLI's default)."""
+    if precision == "auto":
+        return "fp16" if gpu_slots > 0 else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is not one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def predict_config(params: Mapping[str, Any], output_dir: str | Path,
+                   settings: Settings | None = None) -> PredictConfig:
+    """Build the run's `PredictConfig` from DAG params (the names of the DAGs' ``Param`` schema).
+
+    ``demo=True`` swaps in the offline demo models exactly as ``virnucpro predict --demo`` does.
+    ``gpu_slots`` > 0 means that many shards, one per GPU; a shard's device is chosen in its own
+    task (`device_for_slot`), so ``gpus`` stays empty here.
+    """
+    settings = settings or Settings.from_env()
+    raw_input = str(params.get("input_path") or "").strip()
+    if not raw_input:
+        raise ConfigError("input_path is empty; give the FASTA file to classify")
+    gpu_slots = int(params.get("gpu_slots", 0))
+    precision = resolve_precision(str(params.get("precision", "auto")), gpu_slots)
+    attention = str(params.get("attention", "auto"))
+    if attention not in ATTENTION_BACKENDS:
+        raise ConfigError(f"attention={attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    return make_predict_config(
+        Path(raw_input).expanduser().resolve(), Path(output_dir), settings,
+        chunk_size=int(params.get("chunk_size", DEFAULT_CHUNK_SIZE)),
+        esm_model=str(params.get("esm_model") or DEFAULT_ESM_MODEL),
+        dnabert_model=str(params.get("dnabert_model") or DEFAULT_DNABERT_MODEL),
+        classifier=str(params.get("classifier") or "random"),
+        precision=precision,
+        attention=attention,
+        resume=bool(params.get("resume", False)),
+        demo=bool(params.get("demo", False)),
+        progress=False,  # task logs are files: no progress bars
+    )
+
+
+def device_for_slot(map_index: int, gpu_slots: int, cuda_devices: int) -> str:
+    """Device for the shard at ``map_index``: ``cpu`` when ``gpu_slots`` is 0, else one GPU.
+
+    Shard k goes to ``cuda:(k mod visible GPUs)``. With one worker host and the ``gpu`` pool sized
+    to its GPUs, concurrent shards land on distinct GPUs; with one Celery worker per GPU
+    (``CUDA_VISIBLE_DEVICES`` pinned, concurrency 1) every shard sees its worker's GPU as ``cuda:0``.
+    """
+    if gpu_slots < 0:
+        raise ConfigError(f"gpu_slots={gpu_slots} must be >= 0 (0 = run on CPU)")
+    if gpu_slots == 0:
+        return "cpu"
+    if cuda_devices < 1:
+        raise ConfigError(
+            f"gpu_slots={gpu_slots} but this worker sees no CUDA device; run the embed tasks on a "
+            "GPU worker (queue 'gpu') or trigger with gpu_slots=0 to embed on CPU"
+        )
+    return f"cuda:{max(map_index, 0) % cuda_devices}"  # map_index is -1 outside a mapped task
+
+
+def gpu_executor_config(executor: str) -> dict[str, Any]:
+    """``executor_config`` for an embed task: a pod asking for one GPU under KubernetesExecutor.
+
+    Empty for every other executor. The Kubernetes client comes with
+    ``apache-airflow-providers-cncf-kubernetes``; it is imported only when that executor is
+    configured, so other deployments do not need it.
+    """
+    if "KubernetesExecutor" not in executor:
+        return {}
+    try:
+        from kubernetes.client import models as k8s
+    except ImportError as exc:  # depends on the deployment
+        raise ConfigError(
+            "the Airflow executor is KubernetesExecutor but the kubernetes client is missing; "
+            "pip install apache-airflow-providers-cncf-kubernetes"
+        ) from exc
+    gpu = {"nvidia.com/gpu": "1"}
+    return {
+        "pod_override": k8s.V1Pod(
+            spec=k8s.V1PodSpec(
+                containers=[k8s.V1Container(
+                    name="base",  # the executor's task container is always called "base"
+                    resources=k8s.V1ResourceRequirements(limits=gpu, requests=gpu),
+                )],
+                tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+            )
+        )
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# production steps
+
+
+def _write_stages(layout: RunLayout, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
+    path = layout.stages / f"{name}.json"
+    atomic_write_text(path, json.dumps([dict(r) for r in rows], indent=2, default=str))
+    return path
+
+
+def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
+    """Chunk + six-frame translate the input into the run directory; returns that directory."""
+    from pipeline.prepare.stage import prepare
+
+    cfg = predict_config(params, output_dir)
+    if not cfg.input_path.is_file():
+        raise ConfigError(f"input_path {cfg.input_path} does not exist on this worker; give a FASTA "
+                          "file (plain or .gz) that the workers can read")
+    if not is_random_classifier(cfg.classifier):
+        from pipeline.classify.mlp import load_classifier
+
+        load_classifier(cfg.classifier)  # a wrong or unsafe classifier fails now, not after embedding
+    from pipeline.core.runinfo import utc_now
+
+    layout = RunLayout(Path(output_dir))
+    atomic_write_text(layout.stages / "run.json", json.dumps({"started_at": utc_now()}))
+    start = time.perf_counter()
+    prepared = prepare(cfg.input_path, layout.root, cfg.chunk_size)
+    stats = asdict(prepared.stats) if prepared.stats is not None else {}
+    _write_stages(layout, "prepare", [stage_row(
+        "prepare", time.perf_counter() - start, sequences=stats.get("records"), chunks=stats.get("chunks"),
+        frames=stats.get("frames"), bases=stats.get("bases"), device="cpu")])
+    return str(layout.root)
+
+
+def shard_step(run_dir: str | Path, gpu_slots: int) -> list[str]:
+    """Split the prepared frames into ``max(1, gpu_slots)`` length-balanced shards.
+
+    Returns the shard paths; an empty list when no frame survived translation (the embed tasks
+    are then skipped and the outputs hold headers only, as with ``virnucpro predict``).
+    """
+    from pipeline.classify.scoring import frame_ids
+    from pipeline.prepare.shard import write_shards
+
+    if gpu_slots < 0:
+        raise ConfigError(f"gpu_slots={gpu_slots} must be >= 0 (0 = run on CPU)")
+    layout = RunLayout(Path(run_dir))
+    start = time.perf_counter()
+    paths: list[Path] = []
+    if frame_ids(layout.root):
+        paths = [Path(p) for p in write_shards(layout.root, max(1, gpu_slots), layout.shards)]
+    _write_stages(layout, "shard", [stage_row("shard", time.perf_counter() - start, shards=len(paths))])
+    return [str(p) for p in paths]
+
+
+def embed_config_for(cfg: PredictConfig, kind: str, device: str, settings: Settings) -> Any:
+    """The `EmbedConfig` of one encoder on one device, with the process settings applied."""
+    encoder = cfg.dnabert if kind == "dnabert-s" else cfg.esm
+    return replace(encoder_embed_config(cfg, encoder, device, settings), progress=False)
+
+
+def embed_step(params: Mapping[str, Any], run_dir: str | Path, shard_path: str, map_index: int,
+               try_number: int = 1) -> list[str]:
+    """Embed one shard with DNABERT-S then ESM-2 on the device of its slot; returns the output dirs.
+
+    A retry (``try_number > 1``) resumes from the parts the failed try finished, so a retried task
+    ends with the same files as an uninterrupted one.
+    """
+    import torch
+
+    from pipeline.embed.runner import embed_shard
+
+    settings = Settings.from_env()
+    cfg = predict_config(params, run_dir, settings)
+    resume = cfg.resume or try_number > 1
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = device_for_slot(map_index, int(params.get("gpu_slots", 0)), cuda)
+    layout = RunLayout(Path(run_dir))
+    outputs: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for kind, column in EMBED_KINDS:
+        embed_cfg = replace(embed_config_for(cfg, kind, device, settings), resume=resume)
+        target = layout.shard_embeddings(kind, shard_path)
+        start = time.perf_counter()
+        record = embed_shard(Path(shard_path), column, kind, embed_cfg, target)
+        rows += embed_stage_rows(record, kind, embed_cfg.encoder.model, time.perf_counter() - start,
+                                 device, embed_cfg.encoder.precision)
+        outputs.append(str(target))
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # hand the first encoder's memory to the second
+    _write_stages(layout, f"embed-{Path(shard_path).stem}", rows)
+    return outputs
+
+
+def classify_step(params: Mapping[str, Any], run_dir: str | Path, shard_paths: Sequence[str]) -> str:
+    """Score every frame from the embeddings of ``shard_paths``; returns the frame-scores path."""
+    from pipeline.classify.scoring import classify, frame_ids
+
+    cfg = predict_config(params, run_dir)
+    layout = RunLayout(Path(run_dir))
+    dirs = {kind: [layout.shard_embeddings(kind, p) for p in shard_paths] for kind, _ in EMBED_KINDS}
+    start = time.perf_counter()
+    out = classify(layout.root, dirs["dnabert-s"], dirs["esm2"], cfg.classifier, layout.frame_scores)
+    _write_stages(layout, "classify", [stage_row("classify", time.perf_counter() - start, model=cfg.classifier,
+                                                 sequences=len(frame_ids(layout.root)), device="cpu")])
+    return str(out)
+
+
+def merge_step(run_dir: str | Path) -> dict[str, str]:
+    """Write the original-format prediction files and the per-record summary; returns name -> path."""
+    from pipeline.classify.merge import merge
+
+    layout = RunLayout(Path(run_dir))
+    start = time.perf_counter()
+    paths = merge(layout.frame_scores, layout.root, layout.root)
+    _write_stages(layout, "merge", [stage_row("merge", time.perf_counter() - start)])
+    return {name: str(path) for name, path in paths.items()}
+
+
+def record_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str,
+                outputs: Mapping[str, str] | None = None) -> str:
+    """Assemble the run record (schema ``virnucpro.run/1``) from the stages' files and write it to
+    ``OUT/run_record.json``; returns its path (the DAG wiring ingests it into the metrics store)."""
+    from pipeline.core.runinfo import environment_info, utc_now
+    from pipeline.run.predict import RUN_SCHEMA
+
+    cfg = predict_config(params, run_dir)
+    layout = RunLayout(Path(run_dir))
+    stages: list[dict[str, Any]] = []
+    for name in ("prepare", "shard"):
+        stages += read_json_list(layout.stages / f"{name}.json")
+    for path in sorted(layout.stages.glob("embed-*.json")):
+        stages += read_json_list(path)
+    for name in ("classify", "merge"):
+        stages += read_json_list(layout.stages / f"{name}.json")
+    record: dict[str, Any] = {
+        "schema": RUN_SCHEMA,
+        "run_id": safe_run_id(run_id),
+        "kind": "predict",
+        "started_at": _started_at(layout),
+        "finished_at": utc_now(),
+        "environment": environment_info(),
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "stages": stages,
+        "demo": cfg.demo,
+        "outputs": dict(outputs or {}),
+        "orchestrator": "airflow",
+    }
+    atomic_write_text(layout.run_record, json.dumps(record, indent=2, default=str))
+    return str(layout.run_record)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def read_json_list(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return [data] if isinstance(data, dict) else list(data)
+
+
+def _started_at(layout: RunLayout) -> str:
+    """When the run's first task started (written by `prepare_step`)."""
+    path = layout.stages / "run.json"
+    if path.exists():
+        return str(json.loads(path.read_text())["started_at"])
+    from pipeline.core.runinfo import utc_now
+
+    return utc_now()
+
+
+def safe_run_id(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._:+-]+", "_", run_id)

@@ -1,0 +1,205 @@
+"""Kill / SIGTERM / corruption / mismatch: resumed outputs equal an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.core.config import EmbedConfig, EncoderConfig
+from pipeline.core.errors import ConfigError, OutputIntegrityError, ResumeMismatchError
+from pipeline.embed.parts import PartFiles, check_part, open_embeddings, read_metadata
+from pipeline.embed.runner import embed_shard
+
+ESM = "random:esm2_t6_8M_UR50D"
+AA = "ACDEFGHIKLMNPQRSTVWY"
+N_SEQS, PART_SIZE = 24, 4          # 6 parts
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs the real CLI in a child process, each packed batch slowed down by a pause, so that the parent
+# can kill the child at a known point (after k completion markers appeared) with parts still to do.
+RUNNER = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+import pipeline.embed.runner as embed
+_issue = embed._DeviceLoop.issue
+def slow_issue(self, batch):
+    time.sleep(float(sys.argv[1]))
+    return _issue(self, batch)
+embed._DeviceLoop.issue = slow_issue
+from pipeline.cli import main
+main(sys.argv[2:])
+"""
+
+
+def proteins(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(AA), int(rng.integers(10, 50)))) for _ in range(n)]
+
+
+def write_shard(path: Path, seqs: list[str]) -> Path:
+    pd.DataFrame({"id": [f"r{i}_F{1 + i % 3}" for i in range(len(seqs))],
+                  "nucleotide": ["ACG" * len(s) for s in seqs], "protein": seqs}).to_parquet(path, index=False)
+    return path
+
+
+def cfg(resume: bool = False, **enc) -> EmbedConfig:
+    enc.setdefault("model", ESM)
+    return EmbedConfig(encoder=EncoderConfig(**enc), device="cpu", token_budget=96, num_workers=0,
+                       part_size=PART_SIZE, resume=resume, progress=False)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """One loaded tiny model shared by the in-process runs (what load_encoder returns for ESM)."""
+    import torch
+
+    from pipeline.models.registry import load_encoder
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_encoder("esm2", EncoderConfig(ESM), "cpu")
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, encoder) -> tuple[Path, Path]:
+    """A shard and its uninterrupted output directory."""
+    root = tmp_path_factory.mktemp("ref")
+    shard = write_shard(root / "shard-000.parquet", proteins(N_SEQS))
+    embed_shard(shard, None, "esm2", cfg(), root / "out")
+    return shard, root / "out"
+
+
+def run(shard: Path, out: Path, config: EmbedConfig, encoder) -> dict:
+    return embed_shard(shard, None, "esm2", config, out, encoder=encoder)
+
+
+def assert_same(out: Path, ref: Path) -> None:
+    a, b = open_embeddings(out), open_embeddings(ref)
+    assert a.ids.tolist() == b.ids.tolist()
+    np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), rtol=1e-4, atol=1e-5)
+
+
+def markers(out: Path) -> int:
+    return len(list(out.glob("part-*.done"))) if out.exists() else 0
+
+
+def start_child(shard: Path, out: Path, pause: float, resume: bool = False) -> subprocess.Popen:
+    args = ["embed", str(shard), "--kind", "esm2", "--model", ESM, "-o", str(out), "--device", "cpu",
+            "--precision", "fp32", "--token-budget", "96", "--part-size", str(PART_SIZE), "--num-workers", "0"]
+    args += ["--resume"] if resume else []
+    env = {**os.environ, "VIRNUCPRO_PROGRESS": "0"}
+    return subprocess.Popen([sys.executable, "-c", RUNNER, str(pause), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_markers(child: subprocess.Popen, out: Path, k: int, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while markers(out) < k:
+        if child.poll() is not None:
+            raise AssertionError(f"child exited early ({child.returncode}): {child.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError("timed out waiting for part markers")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_after_two_parts_then_resume_equals_uninterrupted(tmp_path: Path, reference, encoder) -> None:
+    shard, ref = reference
+    out = tmp_path / "out"
+    child = start_child(shard, out, pause=0.5)
+    wait_for_markers(child, out, 2)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    done_at_kill = markers(out)
+    assert 2 <= done_at_kill < N_SEQS // PART_SIZE          # really interrupted mid-shard
+    assert read_metadata(out)["complete"] is False
+    with pytest.raises(OutputIntegrityError, match="incomplete"):
+        open_embeddings(out)
+    with pytest.raises(ConfigError, match="not empty; pass --resume"):
+        run(shard, out, cfg(), encoder)
+    record = run(shard, out, cfg(resume=True), encoder)
+    stage = record["stages"][0]
+    assert stage["parts_skipped"] == done_at_kill
+    assert stage["parts_written"] == N_SEQS // PART_SIZE - done_at_kill
+    assert_same(out, ref)
+
+
+@pytest.mark.slow
+def test_sigterm_after_one_part_then_sigkill_during_resume(tmp_path: Path, reference, encoder) -> None:
+    shard, ref = reference
+    out = tmp_path / "out"
+    child = start_child(shard, out, pause=0.5)
+    wait_for_markers(child, out, 1)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 75, err[-2000:]
+    assert "rerun with --resume" in err
+    n = markers(out)
+    assert 1 <= n < N_SEQS // PART_SIZE - 1
+    for p in range(n):                                   # every marked part is complete and intact
+        assert check_part(out, p) is None
+    assert json.loads((out / "run_record.json").read_text())["status"] == "interrupted"
+    # resume in a child, and SIGKILL that one after it has added one more part
+    child = start_child(shard, out, pause=0.5, resume=True)
+    wait_for_markers(child, out, n + 1)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert markers(out) < N_SEQS // PART_SIZE
+    run(shard, out, cfg(resume=True), encoder)
+    assert_same(out, ref)
+
+
+def test_corrupted_and_partial_parts_are_redone(tmp_path: Path, reference, encoder) -> None:
+    shard, ref = reference
+    out = tmp_path / "out"
+    run(shard, out, cfg(), encoder)
+    # part 1: a flipped byte (same size) - only the checksum can tell
+    data = bytearray(PartFiles(out, 1).vectors.read_bytes())
+    data[-3] ^= 0xFF
+    PartFiles(out, 1).vectors.write_bytes(bytes(data))
+    PartFiles(out, 2).marker.unlink()                       # part 2: vectors written, marker missing
+    ids3 = PartFiles(out, 3).ids
+    ids3.write_text(ids3.read_text()[:-4])                  # part 3: truncated ids file
+    PartFiles(out, 4).vectors.unlink()                      # part 4: marker without its vectors
+    (out / ".part-00005.npy.abc.tmp").write_bytes(b"junk")  # leftover of a killed atomic write
+    assert "checksum" in check_part(out, 1)
+    with pytest.raises(OutputIntegrityError, match="part 1 is not valid"):
+        open_embeddings(out)
+    record = run(shard, out, cfg(resume=True), encoder)
+    assert record["stages"][0]["parts_written"] == 4 and record["stages"][0]["parts_skipped"] == 2
+    assert not list(out.glob(".*.tmp"))
+    assert_same(out, ref)
+    # a complete directory resumes to a no-op
+    record = run(shard, out, cfg(resume=True), encoder)
+    assert record["stages"][0]["parts_written"] == 0 and record["stages"][0]["parts_skipped"] == 6
+
+
+def test_resume_refuses_other_model_precision_or_input(tmp_path: Path, reference, encoder) -> None:
+    shard, ref = reference
+    with pytest.raises(ResumeMismatchError, match=r"precision \(existing 'fp32', now 'bf16'\)"):
+        run(shard, ref, cfg(resume=True, precision="bf16"), encoder)
+    with pytest.raises(ResumeMismatchError, match="model .*esm2_t12_35M_UR50D"):
+        run(shard, ref, cfg(resume=True, model="random:esm2_t12_35M_UR50D"), encoder)
+    with pytest.raises(ResumeMismatchError, match="seed"):
+        run(shard, ref, cfg(resume=True, seed=3), encoder)
+    other = write_shard(tmp_path / "other.parquet", proteins(N_SEQS, seed=9))
+    with pytest.raises(ResumeMismatchError, match="fingerprint"):
+        run(other, ref, cfg(resume=True), encoder)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "part-00000.npy").write_bytes(b"x")
+    with pytest.raises(ResumeMismatchError, match="no metadata.json"):
+        run(shard, stray, cfg(resume=True), encoder)
+    assert_same(ref, ref)  # the refused attempts left the reference untouched

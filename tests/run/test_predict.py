@@ -1,0 +1,209 @@
+"""``virnucpro predict``: option wiring, the offline demo end to end, empty inputs, fail-fast loading."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.core.config import Settings
+
+# Stop codons in all three forward frames, and the sequence is its own reverse complement,
+# so all six frames of every chunk contain a stop: nothing survives translation.
+ALL_STOPS = "TAACTAACTAATTAGTTAGTTA"
+
+
+def _fasta(path: Path, records: dict[str, str]) -> Path:
+    path.write_text("".join(f">{name} description\n{seq}\n" for name, seq in records.items()))
+    return path
+
+
+def _coding_dna(n_codons: int, seed: int) -> str:
+    """Random sense codons only, so one forward frame of every chunk is stop-free."""
+    import itertools
+
+    sense = ["".join(c) for c in itertools.product("ACGT", repeat=3)
+             if "".join(c) not in {"TAA", "TAG", "TGA"}]
+    rng = np.random.default_rng(seed)
+    return "".join(rng.choice(sense, size=n_codons))
+
+
+def _invoke(args: list[str]):
+    result = CliRunner().invoke(cli, args, obj=Settings(progress=False), catch_exceptions=False)
+    return result
+
+
+def test_precision_defaults_and_demo_models() -> None:
+    from pipeline.cli.predict import build_predict_config
+
+    common = dict(chunk_size=300, esm_model="esm2_t33_650M_UR50D", dnabert_model="zhihan1996/DNABERT-S",
+                  classifier="m.pth", attention="auto", compile_=True, resume=False,
+                  settings=Settings(disable_compile=True))
+    cpu = build_predict_config(Path("in.fa"), Path("out"), gpus=None, precision=None, demo=False, **common)
+    assert cpu.esm.precision == cpu.dnabert.precision == "fp32" and cpu.gpus == ()
+    assert cpu.esm.compile is False  # VIRNUCPRO_DISABLE_COMPILE wins over --compile
+    gpu = build_predict_config(Path("in.fa"), Path("out"), gpus="0,1", precision=None, demo=False, **common)
+    assert gpu.esm.precision == "fp16" and gpu.gpus == (0, 1)
+    demo = build_predict_config(Path("in.fa"), Path("out"), gpus=None, precision="bf16", demo=True, **common)
+    assert demo.esm.model == "random:esm2_t6_8M_UR50D" and demo.dnabert.model == "random:dnabert-s-tiny"
+    assert demo.classifier == "random" and demo.esm.precision == "bf16" and demo.demo
+
+
+def test_classifier_is_required_without_demo(tmp_path) -> None:
+    fa = _fasta(tmp_path / "in.fa", {"r": "ACGT" * 30})
+    result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(tmp_path / "out")], obj=Settings())
+    assert result.exit_code == 2
+    assert "--classifier" in result.output
+
+
+def test_unsafe_classifier_fails_before_any_work(tmp_path) -> None:
+    import os
+
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save(Evil(), tmp_path / "evil.pth")
+    fa = _fasta(tmp_path / "in.fa", {"r": "ACGT" * 30})
+    out = tmp_path / "out"
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(fa), "-o", str(out), "--classifier", str(tmp_path / "evil.pth")])
+    assert exit_info.value.code == 4  # ModelLoadError
+    assert not (tmp_path / "pwned").exists()
+    assert not (out / "chunked.fa").exists()  # refused before prepare ran
+
+
+def test_no_surviving_frame_gives_header_only_outputs(tmp_path) -> None:
+    fa = _fasta(tmp_path / "in.fa", {"stops": ALL_STOPS, "tiny": "AC"})
+    out = tmp_path / "out"
+    result = _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300"])
+    assert result.exit_code == 0, result.output
+    assert "no frame survived" in result.output
+    assert (out / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
+    assert (out / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
+    assert (out / "record_summary.tsv").read_text() == (
+        "record_id\tchunks\tchunks_with_frames\tviral_chunks\tmax_virus_score\tcall\n"
+        "stops\t1\t0\t0\t\tno_frames\n"
+        "tiny\t1\t0\t0\t\tno_frames\n"
+    )
+    record = json.loads((out / "run_record.json").read_text())
+    assert record["counts"]["frames"] == 0
+    assert "headers only" in record["note"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    fa = _fasta(tmp_path / "in.fa", {
+        "alpha": _coding_dna(217, 1)[:650],
+        "beta_chunk_9": _coding_dna(94, 2)[:280],   # a record id that itself contains "_chunk_"
+        "gamma": ALL_STOPS,
+    })
+    out = tmp_path / "out"
+    result = _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300"])
+    assert result.exit_code == 0, result.output
+    assert "NOT biologically meaningful" in result.output
+
+    protein_ids = [line[1:].strip() for line in (out / "protein.faa").read_text().splitlines()
+                   if line.startswith(">")]
+    assert protein_ids, "the random sequences should keep some frames"
+    lines = (out / "prediction_results.txt").read_text().splitlines()
+    assert lines[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[0] for r in rows] == protein_ids  # one row per kept frame, protein.faa order
+    for _, label, s1, s2 in rows:
+        p1, p2 = np.float32(s1), np.float32(s2)
+        assert abs(float(p1) + float(p2) - 1.0) < 1e-5
+        assert label == ("virus" if p2 > p1 else "others")
+        assert s1 == str(p1) and s2 == str(p2)  # printed like the original
+
+    cons = (out / "prediction_results_highestscore.csv").read_text().splitlines()
+    assert cons[0] == "Modified_ID\tIs_Virus"
+    keys = [c.split("\t")[0] for c in cons[1:]]
+    assert keys == sorted({pid[:-2] for pid in protein_ids})
+    assert all(c.split("\t")[1] in {"True", "False"} for c in cons[1:])
+
+    summary = (out / "record_summary.tsv").read_text().splitlines()
+    assert [s.split("\t")[0] for s in summary[1:]] == ["alpha", "beta_chunk_9", "gamma"]
+    alpha = summary[1].split("\t")
+    assert alpha[1] == "3"  # 650 bp in 300 bp chunks
+    assert summary[3].split("\t")[-1] == "no_frames"
+
+    record = json.loads((out / "run_record.json").read_text())
+    assert record["schema"] == "virnucpro.run/1" and record["kind"] == "predict"
+    assert record["demo"] is True and "NOT biologically meaningful" in record["note"]
+    stages = [s["stage"] for s in record["stages"]]
+    assert stages[:2] == ["prepare", "shard"] and stages[-2:] == ["classify", "merge"]
+    assert stages.count("embed") == 2
+    assert all(isinstance(s["seconds"], (int, float)) and s["seconds"] >= 0 for s in record["stages"])
+    assert record["config"]["esm"]["model"] == "random:esm2_t6_8M_UR50D"
+    assert record["counts"]["frames"] == len(protein_ids)
+
+    from pipeline.classify.plots import plot_run
+
+    assert plot_run(out)[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --resume reuses everything and reproduces the same files
+    first = (out / "prediction_results.txt").read_text()
+    again = _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300", "--resume"])
+    assert again.exit_code == 0, again.output
+    assert (out / "prediction_results.txt").read_text() == first
+
+
+@pytest.mark.gpu
+def test_demo_on_one_gpu(tmp_path) -> None:
+    fa = _fasta(tmp_path / "in.fa", {"alpha": _coding_dna(220, 1)})
+    out = tmp_path / "out"
+    result = _invoke(["predict", str(fa), "-o", str(out), "--demo", "--gpus", "0"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run_record.json").read_text())
+    assert record["config"]["esm"]["precision"] == "fp16"
+    assert record["embed_summaries"]["esm2"]["gpus"] == [0]
+    rows = (out / "prediction_results.txt").read_text().splitlines()[1:]
+    assert len(rows) == record["counts"]["frames"] > 0
+
+
+def test_preflight_refuses_before_writing_anything(tmp_path) -> None:
+    """Missing GPUs and unavailable attention backends fail before prepare writes a file."""
+    import torch
+
+    from pipeline.core.errors import BackendUnavailableError, ConfigError
+
+    fa = _fasta(tmp_path / "in.fa", {"r": _coding_dna(60, seed=1)})
+    bad_gpu = str(torch.cuda.device_count())  # one past the last visible device
+    for args, error, fragment in [
+        (["--gpus", bad_gpu], ConfigError, f"GPU {bad_gpu} is not visible"),
+        (["--attention", "flash-attn"], BackendUnavailableError, "flash-attn"),
+    ]:
+        out = tmp_path / f"out-{args[0].strip('-')}"
+        result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(out), "--demo", *args],
+                                    obj=Settings(progress=False))
+        assert isinstance(result.exception, error) and fragment in str(result.exception)
+        assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_resume_with_another_chunk_size_is_refused_before_touching_the_run(tmp_path) -> None:
+    from pipeline.core.errors import ResumeMismatchError
+
+    fa = _fasta(tmp_path / "in.fa", {"r1": _coding_dna(250, seed=2), "r2": _coding_dna(120, seed=3)})
+    out = tmp_path / "out"
+    assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300",
+                                      "--resume"], obj=Settings(progress=False))
+    assert isinstance(result.exception, ResumeMismatchError)
+    assert "chunk size" in str(result.exception) and "then 500, now 300" in str(result.exception)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the same input and chunk size resume cleanly
+    assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500",
+                    "--resume"]).exit_code == 0

@@ -1,0 +1,98 @@
+"""Equivalence metrics on hand-made vectors, and the synthetic frames the harness feeds the models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.core.errors import ConfigError, ThresholdFailed
+from pipeline.prepare.translate import six_frames
+from validation.equivalence import (
+    EquivalenceConfig,
+    Thresholds,
+    compare_embeddings,
+    enforce,
+    label_agreement,
+    passes,
+    synthetic_frames,
+)
+
+
+def test_identical_embeddings_are_perfect():
+    a = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
+    m = compare_embeddings(a, a.copy())
+    assert m["cos_min"] == pytest.approx(1.0) and m["cos_mean"] == pytest.approx(1.0)
+    assert m["rel_l2_max"] == 0.0 and m["max_abs"] == 0.0
+
+
+def test_known_angles_and_errors():
+    base = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    cand = np.array([[1.0, 1.0], [0.0, 2.0], [3.0, 4.5]])
+    m = compare_embeddings(cand, base)
+    # row 0: 45 degrees; row 1: identical; row 2: |d| = 0.5, |b| = 5
+    assert m["cosines"][0] == pytest.approx(np.sqrt(0.5))
+    assert m["cosines"][1] == pytest.approx(1.0)
+    assert m["cos_min"] == pytest.approx(np.sqrt(0.5))
+    assert m["rel_l2_max"] == pytest.approx(1.0)  # row 0: |(0, 1)| / |(1, 0)|
+    assert m["max_abs"] == pytest.approx(1.0)
+    assert m["cos_p001"] <= m["cos_mean"]
+
+
+def test_opposite_and_zero_vectors():
+    m = compare_embeddings(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[-1.0, 0.0], [0.0, 0.0]]))
+    assert m["cosines"].tolist() == pytest.approx([-1.0, 1.0])
+    with pytest.raises(ConfigError):
+        compare_embeddings(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_label_agreement_frames_and_chunks():
+    ids = ["r_chunk_1F1", "r_chunk_1R2", "r_chunk_2F1", "r_chunk_2F2"]
+    base = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    same = label_agreement(ids, base, base)
+    assert same == (1.0, 1.0)
+    # flip frame 1 of chunk 1 to virus: 3 of 4 frames agree; chunk 1's consensus flips, chunk 2's does not
+    cand = base.copy()
+    cand[1] = [0.4, 0.95]
+    frame, chunk = label_agreement(ids, cand, base)
+    assert frame == pytest.approx(0.75) and chunk == pytest.approx(0.5)
+
+
+def test_thresholds_validated():
+    with pytest.raises(ConfigError, match="cannot exceed 1"):
+        Thresholds(min_cosine=1.1)
+    with pytest.raises(ConfigError):
+        Thresholds(min_label_agreement=2.0)
+    with pytest.raises(ConfigError):
+        EquivalenceConfig(precisions=("fp8",))
+    with pytest.raises(ConfigError):
+        EquivalenceConfig(n=0)
+
+
+def test_passes_and_enforce():
+    row = {"model": "m", "comparison": "precision", "precision": "bf16", "backend": "sdpa", "cos_min": 0.9995,
+           "label_agreement": 1.0, "chunk_label_agreement": 1.0, "rel_l2_max": 0.02}
+    assert passes(row, Thresholds())
+    assert not passes(row, Thresholds(min_cosine=0.9999))
+    assert not passes(row, Thresholds(max_rel_l2=0.01))
+    assert not passes(row | {"chunk_label_agreement": 0.99}, Thresholds())
+    # a random classifier's label flips are reported, not enforced; cosine still is
+    assert passes(row | {"label_agreement": 0.5, "chunk_label_agreement": 0.5}, Thresholds(), enforce_labels=False)
+    assert not passes(row, Thresholds(min_cosine=0.9999), enforce_labels=False)
+    enforce([row | {"passed": True}], Thresholds())
+    with pytest.raises(ThresholdFailed, match="1 of 1"):
+        enforce([row | {"passed": False}], Thresholds())
+
+
+def test_synthetic_frames_are_real_prepare_frames():
+    frames = synthetic_frames(40, chunk_size=300, seed=3)
+    assert len(frames.ids) == 40 == len(set(frames.ids))
+    assert frames == synthetic_frames(40, chunk_size=300, seed=3)  # seeded
+    assert frames != synthetic_frames(40, chunk_size=300, seed=4)
+    for fid, nt, prot in zip(frames.ids, frames.nucleotide, frames.protein, strict=True):
+        assert "_chunk_" in fid and fid[-2:] in {"F1", "F2", "F3", "R1", "R2", "R3"}
+        assert set(nt) <= set("ACGT") and "*" not in prot and len(prot) >= 5
+        # the frame is one that six_frames keeps for this nucleotide window read forward
+        if fid.endswith("F1"):
+            assert six_frames(nt)[0].protein == prot
+    # several frames per chunk, so chunk consensus is exercised
+    chunks = [i[:-2] for i in frames.ids]
+    assert len(set(chunks)) < len(chunks)

@@ -1,0 +1,141 @@
+"""The DuckDB metrics store: schema versioning and idempotent ingestion of every file kind."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.errors import ConfigError, InputError
+from validation import samples
+from validation.metrics_store import SCHEMA_VERSION, MetricsStore, detect_file_type
+
+
+def _write(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_schema_created_and_versioned(tmp_path):
+    db = tmp_path / "sub" / "metrics.duckdb"
+    store = MetricsStore(db)
+    assert db.exists()
+    assert store.schema_version() == SCHEMA_VERSION
+    # Re-opening (and re-migrating) is harmless and keeps one row per version.
+    assert MetricsStore(db).migrate() == SCHEMA_VERSION
+    versions = store.query("SELECT version FROM schema_version ORDER BY version")["version"].tolist()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert set(store.row_counts().values()) == {0}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "m.duckdb"
+    store = MetricsStore(db)
+    with store.connect() as con:
+        con.execute("INSERT INTO schema_version (version, description) VALUES (999, 'future')")
+    with pytest.raises(ConfigError, match="newer"):
+        MetricsStore(db)
+
+
+@pytest.mark.parametrize(("builder", "file_type", "table", "expected_rows"), [
+    (samples.run_record, "run", "stage_metrics", 5),
+    (samples.validate_doc, "validate", "equivalence_results", 6),
+    (samples.pytest_benchmark_doc, "pytest-benchmark", "benchmark_results", 2),
+    (samples.scaling_doc, "scaling", "scaling_results", 3),
+    (samples.device_benchmark_doc, "device-benchmark", "device_benchmarks", None),
+])
+def test_ingest_each_kind_twice_adds_nothing(tmp_path, builder, file_type, table, expected_rows):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    path = _write(tmp_path / "in.json", builder())
+    first = store.ingest_file(path)
+    assert first.file_type == file_type and not first.skipped and first.rows > 0
+    counts = store.row_counts()
+    assert counts["runs"] == 1
+    if expected_rows is not None:
+        assert counts[table] == expected_rows
+    else:
+        assert counts[table] > 0
+    second = store.ingest_file(path)
+    assert second.skipped and second.rows == 0
+    assert store.row_counts() == counts
+    # Same content re-serialised differently (new bytes, same natural keys) adds no rows either.
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=3))
+    third = store.ingest_file(path)
+    assert not third.skipped
+    after = store.row_counts()
+    assert {k: v for k, v in after.items() if k != "ingested_files"} == \
+        {k: v for k, v in counts.items() if k != "ingested_files"}
+
+
+def test_run_record_columns(tmp_path):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.ingest_file(_write(tmp_path / "r.json", samples.run_record(day=5, esm_tps=1234.5, run_id="R1")))
+    run = store.query("SELECT * FROM runs").iloc[0]
+    assert run["run_id"] == "R1" and run["kind"] == "predict"
+    assert run["device_name"] == "NVIDIA H200" and run["device_count"] == 1
+    assert json.loads(run["versions"])["torch"] == "2.11.0+cu130"
+    esm = store.query("SELECT * FROM stage_metrics WHERE model = 'esm2_t36_3B_UR50D'").iloc[0]
+    assert esm["tokens_per_s"] == 1234.5 and esm["backend"] == "torch-varlen" and esm["precision"] == "fp16"
+
+
+def test_validate_cosines_stored(tmp_path):
+    doc = samples.validate_doc(n=7)
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.ingest_file(_write(tmp_path / "v.json", doc))
+    assert store.row_counts()["cosine_values"] == 7 * len(doc["results"])
+    got = store.query("SELECT cosine FROM cosine_values WHERE model = ? AND precision = 'bf16' ORDER BY idx",
+                      [doc["results"][1]["model"]])["cosine"].tolist()
+    assert got == pytest.approx(doc["results"][1]["cosines"])
+
+
+def test_scaling_speedup_derived_when_missing(tmp_path):
+    doc = {"environment": {"host": "h"}, "results": [
+        {"model": "m", "n_gpus": 1, "tokens_per_s": 100.0},
+        {"model": "m", "n_gpus": 2, "tokens_per_s": 190.0}]}
+    store = MetricsStore(tmp_path / "m.duckdb")
+    assert store.ingest_file(_write(tmp_path / "s.json", doc)).file_type == "scaling"
+    rows = store.query("SELECT n_gpus, speedup, efficiency FROM scaling_results ORDER BY n_gpus")
+    assert rows["speedup"].tolist() == pytest.approx([1.0, 1.9])
+    assert rows["efficiency"].tolist() == pytest.approx([1.0, 0.95])
+
+
+def test_device_benchmark_flattens_numeric_metrics(tmp_path):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.ingest_file(_write(tmp_path / "d.json", samples.device_benchmark_doc()))
+    got = dict(store.query("SELECT metric, value FROM device_benchmarks").itertuples(index=False))
+    assert got["tokens_per_s"] == 90600.0
+    assert got["results[padded].tokens_per_s"] == 59500.0
+    assert not any(k.startswith("environment") for k in got)
+
+
+def test_device_benchmark_list_items_keep_distinct_names(tmp_path):
+    doc = {"environment": {"host": "h"}, "throughput": [
+        {"backend": "sdpa", "precision": "fp16", "tokens_per_s": 1.0},
+        {"backend": "sdpa", "precision": "bf16", "tokens_per_s": 2.0},
+        {"backend": "sdpa", "precision": "bf16", "tokens_per_s": 3.0},
+        {"tokens_per_s": 4.0}]}
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.ingest_file(_write(tmp_path / "d.json", doc))
+    got = dict(store.query("SELECT metric, value FROM device_benchmarks").itertuples(index=False))
+    assert got == {"throughput[sdpa/fp16].tokens_per_s": 1.0, "throughput[sdpa/bf16].tokens_per_s": 2.0,
+                   "throughput[sdpa/bf16#2].tokens_per_s": 3.0, "throughput[3].tokens_per_s": 4.0}
+
+
+@pytest.mark.parametrize("doc", [[1, 2], {"hello": 1}])
+def test_unknown_files_rejected(tmp_path, doc):
+    with pytest.raises(InputError):
+        detect_file_type(doc)
+    store = MetricsStore(tmp_path / "m.duckdb")
+    with pytest.raises(InputError):
+        store.ingest_file(_write(tmp_path / "x.json", doc))
+
+
+def test_not_json_and_missing_rejected(tmp_path):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        store.ingest_file(bad)
+    with pytest.raises(InputError, match="cannot read"):
+        store.ingest_file(tmp_path / "missing.json")
+    assert store.row_counts()["ingested_files"] == 0

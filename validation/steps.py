@@ -1,0 +1,148 @@
+"""Step bodies of the nightly validation DAG: equivalence, benchmarks, ingestion, regression
+checks, the report and the gate.
+
+Like `pipeline.run.steps`, each takes plain parameters and paths and returns small JSON-serialisable
+values; nothing here imports Airflow, and torch is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.config import Settings
+from pipeline.core.errors import ThresholdFailed, VirNucProError
+from pipeline.run.steps import RunLayout, predict_config, read_json_list, safe_run_id
+
+__all__ = ["benchmark_step", "equivalence_step", "gate_step", "ingest_step", "regression_step", "report_step"]
+
+def equivalence_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str | None = None) -> str:
+    """v1 (padded fp32 reference) vs v2 (packed, reduced precision) for the run's models; writes the
+    ``virnucpro validate`` JSON document to ``OUT/validation/equivalence.json`` and returns its path.
+
+    Threshold failures do not raise here: they are recorded (``passed: false``) so that the report
+    is rendered before `gate_step` fails the run.
+    """
+    import torch
+
+    from pipeline.core.runinfo import utc_now
+    from validation.equivalence import EquivalenceConfig, Thresholds, run_equivalence, validation_document
+
+    cfg = predict_config(params, run_dir)
+    gpu = int(params.get("gpu_slots", 0)) > 0 and torch.cuda.is_available()
+    config = EquivalenceConfig(
+        esm_model=cfg.esm.model,
+        dnabert_model=cfg.dnabert.model,
+        precisions=("fp16", "bf16") if gpu else ("bf16",),
+        attentions=(cfg.esm.attention,),
+        n=int(params.get("validation_sequences", 16)),
+        device="cuda" if gpu else "cpu",
+        classifier=cfg.classifier,
+        chunk_size=max(cfg.chunk_size, 30),
+        thresholds=Thresholds(min_cosine=float(params.get("min_cosine", 0.999)),
+                              min_label_agreement=float(params.get("min_label_agreement", 0.999))),
+    )
+    started = utc_now()
+    doc = validation_document(config, run_equivalence(config), started)
+    if run_id:
+        doc["run_id"] = safe_run_id(run_id)
+    out = RunLayout(Path(run_dir)).validation / "equivalence.json"
+    atomic_write_text(out, json.dumps(doc, indent=2, default=str))
+    return str(out)
+
+
+def benchmark_step(output_dir: str | Path, benchmarks_dir: str | Path, skip: bool,
+                   extra_args: Sequence[str] = ()) -> str | None:
+    """``pytest BENCHMARKS --benchmark-json RUN/validation/benchmarks.json``; None when skipped.
+
+    GPU benchmarks skip themselves without CUDA, so on CPU this runs the CPU-sized cases only.
+    """
+    if skip:
+        return None
+    layout = RunLayout(Path(output_dir))
+    layout.validation.mkdir(parents=True, exist_ok=True)
+    out = layout.validation / "benchmarks.json"
+    cmd = [sys.executable, "-m", "pytest", str(benchmarks_dir), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={out}", *extra_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    (layout.validation / "benchmarks.log").write_text(proc.stdout + proc.stderr)
+    # 5 = nothing collected: benchmarks are optional for the nightly check, missing ones are not.
+    if proc.returncode not in (0, 5):
+        raise VirNucProError(f"benchmarks failed (pytest exit {proc.returncode}); see "
+                             f"{layout.validation / 'benchmarks.log'} and rerun them with pytest {benchmarks_dir}")
+    return str(out) if out.exists() else None
+
+
+def _metrics_db(metrics_db: str | Path | None) -> Path:
+    return Path(metrics_db) if metrics_db else Settings.from_env().metrics_db
+
+
+def ingest_step(paths: Sequence[str | Path | None], metrics_db: str | Path | None = None) -> str:
+    """Ingest run records / validation / benchmark JSON files into DuckDB; returns the DB path.
+
+    Ingestion is idempotent (files already seen are skipped), so a retried task adds nothing twice.
+    """
+    from validation.metrics_store import MetricsStore
+
+    db = _metrics_db(metrics_db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = MetricsStore(db)
+    for path in paths:
+        if path:
+            store.ingest_file(Path(path))
+    return str(db)
+
+
+def regression_step(metrics_db: str | Path | None, threshold: float, run_dir: str | Path,
+                    baseline: str | None = None) -> str:
+    """Compare the latest runs in the store with the runs before them (and with the pinned
+    ``baseline`` run, when given); writes every comparison to ``OUT/validation/regressions.json``
+    (``regressed`` marks the failures) and returns that path."""
+    from validation.regression import check_regressions
+
+    layout = RunLayout(Path(run_dir))
+    rows = check_regressions(_metrics_db(metrics_db), threshold, baseline=baseline)
+    out = layout.validation / "regressions.json"
+    atomic_write_text(out, json.dumps(rows, indent=2, default=str))
+    return str(out)
+
+
+def report_step(metrics_db: str | Path | None, run_dir: str | Path, threshold: float = 0.10,
+                baseline: str | None = None) -> str:
+    """Render the self-contained HTML report of the metrics store to ``OUT/report.html``."""
+    from validation.report import render_report
+
+    layout = RunLayout(Path(run_dir))
+    scored = layout.root / "frame_scores.parquet"
+    return str(render_report(_metrics_db(metrics_db), layout.root / "report.html",
+                             slowdown_threshold=threshold, baseline=baseline,
+                             run_dir=layout.root if scored.is_file() else None))
+
+
+def gate_step(equivalence_json: str | None, regressions_json: str | None) -> None:
+    """Raise `ThresholdFailed` when an equivalence threshold or a regression check failed."""
+    problems: list[str] = []
+    if equivalence_json:
+        doc = json.loads(Path(equivalence_json).read_text())
+        for row in doc.get("results", []) if isinstance(doc, dict) else doc:
+            if row.get("passed") is False:
+                problems.append(f"equivalence {row.get('comparison', '?')} {row.get('model', '?')} "
+                                f"{row.get('precision', '')}: cos_min={row.get('cos_min')}")
+        if isinstance(doc, dict) and doc.get("passed") is False and not problems:
+            problems.append("equivalence: the validation run failed its thresholds")
+    if regressions_json:
+        for row in read_json_list(Path(regressions_json)):
+            if row.get("regressed"):
+                problems.append(f"regression {row.get('metric')}: {row.get('reference_value')} -> "
+                                f"{row.get('current_value')} {row.get('unit', '')} "
+                                f"({100 * float(row.get('slowdown') or 0):.0f}% worse than {row.get('reference_run')})")
+    if problems:
+        raise ThresholdFailed(f"{len(problems)} nightly check(s) failed (details in the report): "
+                              + "; ".join(problems))
+
+
