@@ -5,6 +5,7 @@ Run: ``pytest benchmarks/bench_dnabert.py --benchmark-autosave``; compare median
 ``--benchmark-compare``. Tokens and padding efficiency go to each benchmark's ``extra_info``; the
 GPU-sized measurement is ``benchmarks/gpu/dnabert_device.py``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,8 +41,9 @@ def test_packed_forward(benchmark, setup):
             return model.embed_packed(ids, cu, max(lengths))
 
     out = benchmark(run)
-    benchmark.extra_info.update({"tokens": int(sum(lengths)), "sequences": len(lengths), "efficiency": 1.0,
-                                 "backend": model.backend})
+    benchmark.extra_info.update(
+        {"tokens": int(sum(lengths)), "sequences": len(lengths), "efficiency": 1.0, "backend": model.backend}
+    )
     assert out.shape == (len(lengths), model.info.hidden_size)
 
 
@@ -56,6 +58,12 @@ def test_padded_forward(benchmark, setup):
 
     out = benchmark(run)
     tokens = int(mask.sum())
-    benchmark.extra_info.update({"tokens": tokens, "sequences": len(encoded),
-                                 "efficiency": round(tokens / mask.numel(), 4), "backend": "matmul-softmax"})
+    benchmark.extra_info.update(
+        {
+            "tokens": tokens,
+            "sequences": len(encoded),
+            "efficiency": round(tokens / mask.numel(), 4),
+            "backend": "matmul-softmax",
+        }
+    )
     assert out.shape == (len(encoded), model.info.hidden_size)

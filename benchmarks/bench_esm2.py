@@ -5,6 +5,7 @@ by default, GPU-sized (the `bench_size` model, fp16, best backend) when CUDA is 
 packed/vanilla throughput ratio is stored in the packed benchmark's ``extra_info``; the vanilla
 benchmark runs first in the module so the ratio is available.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,13 @@ def setup(bench_size, bench_device):
     for idx in plan_batches(tokens, budget):
         cu = torch.zeros(len(idx) + 1, dtype=torch.int32)
         cu[1:] = torch.from_numpy(np.cumsum(tokens[idx])).to(torch.int32)
-        packed.append((torch.from_numpy(np.concatenate([ids[i] for i in idx])).to(bench_device), cu,
-                       int(tokens[idx].max())))
+        packed.append(
+            (
+                torch.from_numpy(np.concatenate([ids[i] for i in idx])).to(bench_device),
+                cu,
+                int(tokens[idx].max()),
+            )
+        )
     order = np.argsort(tokens, kind="stable")
     padded, start = [], 0
     while start < n:  # fair-esm's toks_per_batch rule: rows x longest <= budget
@@ -46,7 +52,7 @@ def setup(bench_size, bench_device):
         rows = order[start:stop]
         toks = torch.full((len(rows), int(tokens[rows].max())), model.tokenizer.pad_id, dtype=torch.int64)
         for r, i in enumerate(rows):
-            toks[r, :tokens[i]] = torch.from_numpy(ids[i])
+            toks[r, : tokens[i]] = torch.from_numpy(ids[i])
         padded.append(toks.to(bench_device))
         start = stop
     return model, packed, padded, int(tokens.sum())
@@ -71,7 +77,9 @@ def test_vanilla_fair_esm(benchmark, setup):
 
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
     _RESULTS["vanilla"] = tokens / benchmark.stats.stats.median
-    benchmark.extra_info.update({"tokens": tokens, "tokens_per_s": _RESULTS["vanilla"], "precision": model.precision})
+    benchmark.extra_info.update(
+        {"tokens": tokens, "tokens_per_s": _RESULTS["vanilla"], "precision": model.precision}
+    )
 
 
 def test_packed(benchmark, setup):
@@ -86,7 +94,8 @@ def test_packed(benchmark, setup):
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
     model.check_finite("bench_esm2")
     rate = tokens / benchmark.stats.stats.median
-    benchmark.extra_info.update({"tokens": tokens, "tokens_per_s": rate, "backend": model.backend,
-                                 "precision": model.precision})
+    benchmark.extra_info.update(
+        {"tokens": tokens, "tokens_per_s": rate, "backend": model.backend, "precision": model.precision}
+    )
     if "vanilla" in _RESULTS:
         benchmark.extra_info["speedup_vs_vanilla"] = rate / _RESULTS["vanilla"]

@@ -3,6 +3,7 @@
 Run: ``pytest benchmarks/bench_packing.py --benchmark-autosave``. Efficiency (real tokens /
 (batches x budget)) is stored in each benchmark's ``extra_info``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ def frame_lengths(kind: str, n: int, seed: int = 0) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     full, low = {"short-read": (50, 15), "500bp": (166, 40)}[kind]
-    lengths = np.where(rng.random(n) < 0.8, rng.integers(full - 1, full + 1, n),
-                       rng.integers(low, full - 1, n))
+    lengths = np.where(
+        rng.random(n) < 0.8, rng.integers(full - 1, full + 1, n), rng.integers(low, full - 1, n)
+    )
     return lengths.astype(np.int64) + 2
 
 
@@ -31,6 +33,12 @@ def test_ffd_plan(benchmark, kind: str, budget: int) -> None:
     lengths = frame_lengths(kind, 200_000)
     batches = benchmark(plan_batches, lengths, budget)
     eff = packing_efficiency(lengths, batches, budget)
-    benchmark.extra_info.update({"rows": int(lengths.size), "tokens": int(lengths.sum()),
-                                 "batches": len(batches), "packing_efficiency": round(eff, 5)})
+    benchmark.extra_info.update(
+        {
+            "rows": int(lengths.size),
+            "tokens": int(lengths.sum()),
+            "batches": len(batches),
+            "packing_efficiency": round(eff, 5),
+        }
+    )
     assert sum(len(b) for b in batches) == lengths.size

@@ -6,6 +6,7 @@ Each case stores ``mbp_per_s`` (input megabases per second of wall time, median 
 size in ``benchmark.extra_info``. Half of the records are built from sense codons so that, as in
 real viral data, many chunks keep open frames and the per-frame output path is exercised.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,8 +31,9 @@ CASES = {
 def _sense_codons() -> np.ndarray:
     bases = "TCAG"
     codons = [a + b + c for a in bases for b in bases for c in bases]
-    return np.array([np.frombuffer(c.encode(), dtype=np.uint8) for c, aa in zip(codons, STANDARD_CODE)
-                     if aa != "*"])
+    return np.array(
+        [np.frombuffer(c.encode(), dtype=np.uint8) for c, aa in zip(codons, STANDARD_CODE) if aa != "*"]
+    )
 
 
 def synthetic_fasta(path: Path, total: int, lo: int, hi: int, seed: int = 0, compress: bool = False) -> int:
@@ -53,7 +55,7 @@ def synthetic_fasta(path: Path, total: int, lo: int, hi: int, seed: int = 0, com
             seq[rng.integers(0, length, 3)] = ord("N")
         text = seq.tobytes()
         parts.append(b">seq%d synthetic record %d\n" % (i, length))
-        parts.append(b"\n".join(text[j: j + 60] for j in range(0, length, 60)) + b"\n")
+        parts.append(b"\n".join(text[j : j + 60] for j in range(0, length, 60)) + b"\n")
         written += length
         i += 1
     data = b"".join(parts)
@@ -84,13 +86,15 @@ def test_prepare_throughput(benchmark, inputs, tmp_path: Path, case: str, chunk_
     cpu = time.process_time() - cpu
     paths = benchmark.pedantic(prepare, args=(path, out, chunk_size), rounds=3, iterations=1)
     seconds = benchmark.stats.stats.median
-    benchmark.extra_info.update({
-        "input_bases": bases,
-        "chunk_size": chunk_size,
-        "chunks": paths.stats.chunks,
-        "frames_kept": paths.stats.frames,
-        "mbp_per_s": round(bases / 1e6 / seconds, 2),
-        # on a shared machine wall time includes waiting for a core; CPU time does not
-        "cpu_mbp_per_s": round(bases / 1e6 / cpu, 2),
-    })
+    benchmark.extra_info.update(
+        {
+            "input_bases": bases,
+            "chunk_size": chunk_size,
+            "chunks": paths.stats.chunks,
+            "frames_kept": paths.stats.frames,
+            "mbp_per_s": round(bases / 1e6 / seconds, 2),
+            # on a shared machine wall time includes waiting for a core; CPU time does not
+            "cpu_mbp_per_s": round(bases / 1e6 / cpu, 2),
+        }
+    )
     assert paths.stats.bases == bases

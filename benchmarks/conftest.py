@@ -8,6 +8,7 @@
 - ``synthetic_reads`` / ``synthetic_fasta`` / ``synthetic_frame_set``: seeded synthetic data.
 - ``@pytest.mark.gpu`` benchmarks are skipped without CUDA.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,30 +23,49 @@ class BenchSize:
     """How big the shared synthetic workloads are."""
 
     name: str
-    reads: int            # synthetic DNA records in `synthetic_fasta`
+    reads: int  # synthetic DNA records in `synthetic_fasta`
     read_length: tuple[int, int]
-    frames: int           # frames in `synthetic_frame_set`
+    frames: int  # frames in `synthetic_frame_set`
     esm_model: str
     dnabert_model: str
 
 
 SIZES = {
-    "cpu": BenchSize("cpu", reads=12, read_length=(200, 700), frames=48,
-                     esm_model="random:esm2_t6_8M_UR50D", dnabert_model="random:dnabert-s-tiny"),
-    "gpu": BenchSize("gpu", reads=2000, read_length=(300, 1500), frames=8192,
-                     esm_model="random:esm2_t33_650M_UR50D", dnabert_model="random:dnabert-s"),
+    "cpu": BenchSize(
+        "cpu",
+        reads=12,
+        read_length=(200, 700),
+        frames=48,
+        esm_model="random:esm2_t6_8M_UR50D",
+        dnabert_model="random:dnabert-s-tiny",
+    ),
+    "gpu": BenchSize(
+        "gpu",
+        reads=2000,
+        read_length=(300, 1500),
+        frames=8192,
+        esm_model="random:esm2_t33_650M_UR50D",
+        dnabert_model="random:dnabert-s",
+    ),
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--bench-size", choices=("auto", "cpu", "gpu"), default="auto",
-                     help="Workload size of the benchmarks: auto (gpu when CUDA is present), cpu or gpu.")
+    parser.addoption(
+        "--bench-size",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="Workload size of the benchmarks: auto (gpu when CUDA is present), cpu or gpu.",
+    )
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     # Paths given on the command line are collected by pytest itself; only add the directory walk.
-    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and not parent.session.isinitpath(file_path)):
+    if (
+        file_path.suffix == ".py"
+        and file_path.name.startswith("bench_")
+        and not parent.session.isinitpath(file_path)
+    ):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
@@ -108,7 +128,7 @@ def synthetic_fasta(tmp_path_factory: pytest.TempPathFactory, synthetic_reads) -
     with open(path, "w", encoding="ascii") as fh:
         for rid, seq in synthetic_reads:
             fh.write(f">{rid}\n")
-            fh.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+            fh.writelines(seq[i : i + 60] + "\n" for i in range(0, len(seq), 60))
     return path
 
 

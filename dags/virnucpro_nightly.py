@@ -10,6 +10,7 @@ Defaults run offline on CPU (the tiny random demo models on ``examples/demo.fa``
 ``demo`` off, the real models, ``gpu_slots`` and ``precision``. ``make demo`` runs this DAG in-process
 with ``airflow dags test``.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -24,39 +25,86 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_ROOT = REPO / "out" / "nightly"
 
 PARAMS = {
-    "input_path": Param(str(REPO / "examples" / "demo.fa"), type="string", minLength=1,
-                        title="Reference sample", description="FASTA the nightly run classifies."),
-    "output_dir": Param("", type="string", title="Output directory",
-                        description="Empty = out/nightly/<run id> in the repository."),
+    "input_path": Param(
+        str(REPO / "examples" / "demo.fa"),
+        type="string",
+        minLength=1,
+        title="Reference sample",
+        description="FASTA the nightly run classifies.",
+    ),
+    "output_dir": Param(
+        "",
+        type="string",
+        title="Output directory",
+        description="Empty = out/nightly/<run id> in the repository.",
+    ),
     "chunk_size": Param(500, type="integer", minimum=3, examples=[300, 500], title="Chunk size (bp)"),
     "esm_model": Param(DEFAULT_ESM_MODEL, type="string", minLength=1, title="ESM-2 model"),
     "dnabert_model": Param(DEFAULT_DNABERT_MODEL, type="string", minLength=1, title="DNABERT-S model"),
     "classifier": Param("random", type="string", minLength=1, title="Classifier"),
-    "precision": Param("auto", enum=["auto", *PRECISIONS], title="Precision",
-                       description="auto = fp16 on GPUs, fp32 on CPU."),
+    "precision": Param(
+        "auto", enum=["auto", *PRECISIONS], title="Precision", description="auto = fp16 on GPUs, fp32 on CPU."
+    ),
     "attention": Param("auto", enum=list(ATTENTION_BACKENDS), title="Attention backend"),
-    "gpu_slots": Param(0, type="integer", minimum=0, title="GPU slots",
-                       description="Shards, one GPU each; 0 embeds one shard on CPU."),
+    "gpu_slots": Param(
+        0,
+        type="integer",
+        minimum=0,
+        title="GPU slots",
+        description="Shards, one GPU each; 0 embeds one shard on CPU.",
+    ),
     "resume": Param(False, type="boolean", title="Resume"),
-    "demo": Param(True, type="boolean", title="Demo models",
-                  description="Tiny random models and classifier: offline and CPU-sized."),
+    "demo": Param(
+        True,
+        type="boolean",
+        title="Demo models",
+        description="Tiny random models and classifier: offline and CPU-sized.",
+    ),
     "validation_sequences": Param(16, type="integer", minimum=1, title="Frames compared v1 vs v2"),
-    "min_cosine": Param(0.999, type="number", minimum=-1, maximum=1, title="Minimum cosine v1 vs v2",
-                        description="Every frame's cosine similarity, v2 against v1, must reach this."),
-    "min_label_agreement": Param(0.999, type="number", minimum=0, maximum=1, title="Minimum label agreement",
-                                 description="Fraction of frames and chunks whose label v2 must keep."),
+    "min_cosine": Param(
+        0.999,
+        type="number",
+        minimum=-1,
+        maximum=1,
+        title="Minimum cosine v1 vs v2",
+        description="Every frame's cosine similarity, v2 against v1, must reach this.",
+    ),
+    "min_label_agreement": Param(
+        0.999,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Minimum label agreement",
+        description="Fraction of frames and chunks whose label v2 must keep.",
+    ),
     "skip_benchmarks": Param(False, type="boolean", title="Skip benchmarks"),
     "benchmarks_path": Param(str(REPO / "benchmarks"), type="string", title="Benchmarks directory"),
-    "regression_threshold": Param(0.25, type="number", minimum=0, title="Slowdown threshold",
-                                  description="A metric this fraction worse than the previous run fails "
-                                              "the run (0.25 = 25 %; CPU timings are noisy)."),
-    "baseline_run": Param("", type="string", title="Pinned baseline run id",
-                          description="Also compare with this run of the metrics store (empty: only the "
-                                      "previous run)."),
-    "fail_on_regression": Param(True, type="boolean", title="Fail on regression",
-                                description="Off: slowdowns are only reported, not failed (noisy machines)."),
-    "metrics_db": Param("", type="string", title="Metrics database",
-                        description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb."),
+    "regression_threshold": Param(
+        0.25,
+        type="number",
+        minimum=0,
+        title="Slowdown threshold",
+        description="A metric this fraction worse than the previous run fails "
+        "the run (0.25 = 25 %; CPU timings are noisy).",
+    ),
+    "baseline_run": Param(
+        "",
+        type="string",
+        title="Pinned baseline run id",
+        description="Also compare with this run of the metrics store (empty: only the previous run).",
+    ),
+    "fail_on_regression": Param(
+        True,
+        type="boolean",
+        title="Fail on regression",
+        description="Off: slowdowns are only reported, not failed (noisy machines).",
+    ),
+    "metrics_db": Param(
+        "",
+        type="string",
+        title="Metrics database",
+        description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb.",
+    ),
 }
 
 
@@ -98,16 +146,24 @@ def virnucpro_nightly() -> None:
     def regressions(metrics_db: str, run_dir: str, params=None) -> str:
         from validation.steps import regression_step
 
-        return regression_step(metrics_db, float(params["regression_threshold"]), run_dir,
-                               baseline=params["baseline_run"] or None)
+        return regression_step(
+            metrics_db,
+            float(params["regression_threshold"]),
+            run_dir,
+            baseline=params["baseline_run"] or None,
+        )
 
     # all_done: the report is written whatever failed before it, so a red run still has one.
     @task(trigger_rule="all_done")
     def report(params=None, run_id=None) -> str:
         from validation.steps import report_step
 
-        return report_step(params["metrics_db"] or None, _run_dir(params, run_id),
-                           float(params["regression_threshold"]), baseline=params["baseline_run"] or None)
+        return report_step(
+            params["metrics_db"] or None,
+            _run_dir(params, run_id),
+            float(params["regression_threshold"]),
+            baseline=params["baseline_run"] or None,
+        )
 
     # No retries: a failed threshold does not fix itself.
     @task(retries=0)

@@ -10,6 +10,7 @@ The file only wires tasks: the task chain is `pipeline.airflow_tasks.production_
 the nightly DAG), the work is done by `pipeline.run.steps`, and torch and the models are
 imported inside the task bodies, so parsing this file stays fast and light.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -24,34 +25,75 @@ DEFAULT_OUTPUT_ROOT = Path("out/runs")
 
 PARAMS = {
     "input_path": Param(
-        type="string", minLength=1, title="Input FASTA",
+        type="string",
+        minLength=1,
+        title="Input FASTA",
         description="FASTA file (plain or .gz) to classify, as seen by the workers.",
     ),
     "output_dir": Param(
-        "", type="string", title="Output directory",
+        "",
+        type="string",
+        title="Output directory",
         description="Where the run writes its files; empty = out/runs/<run id>.",
     ),
     "chunk_size": Param(
-        500, type="integer", minimum=3, examples=[300, 500], title="Chunk size (bp)",
+        500,
+        type="integer",
+        minimum=3,
+        examples=[300, 500],
+        title="Chunk size (bp)",
         description="300 or 500 for the published classifiers; any length >= 3 is accepted.",
     ),
-    "esm_model": Param(DEFAULT_ESM_MODEL, type="string", minLength=1, title="ESM-2 model",
-                       description="fair-esm name, local checkpoint, or random:<fair-esm name>."),
-    "dnabert_model": Param(DEFAULT_DNABERT_MODEL, type="string", minLength=1, title="DNABERT-S model",
-                           description="Hugging Face id or local directory, or random:dnabert-s[-tiny]."),
-    "classifier": Param("random", type="string", minLength=1, title="Classifier",
-                        description="VirNucPro .pth, a project .safetensors file, or random (demo only)."),
-    "precision": Param("auto", enum=["auto", *PRECISIONS], title="Precision",
-                       description="auto = fp16 on GPUs, fp32 on CPU."),
+    "esm_model": Param(
+        DEFAULT_ESM_MODEL,
+        type="string",
+        minLength=1,
+        title="ESM-2 model",
+        description="fair-esm name, local checkpoint, or random:<fair-esm name>.",
+    ),
+    "dnabert_model": Param(
+        DEFAULT_DNABERT_MODEL,
+        type="string",
+        minLength=1,
+        title="DNABERT-S model",
+        description="Hugging Face id or local directory, or random:dnabert-s[-tiny].",
+    ),
+    "classifier": Param(
+        "random",
+        type="string",
+        minLength=1,
+        title="Classifier",
+        description="VirNucPro .pth, a project .safetensors file, or random (demo only).",
+    ),
+    "precision": Param(
+        "auto", enum=["auto", *PRECISIONS], title="Precision", description="auto = fp16 on GPUs, fp32 on CPU."
+    ),
     "attention": Param("auto", enum=list(ATTENTION_BACKENDS), title="Attention backend"),
-    "gpu_slots": Param(1, type="integer", minimum=0, title="GPU slots",
-                       description="Number of shards, one GPU each; 0 embeds one shard on CPU."),
-    "resume": Param(False, type="boolean", title="Resume",
-                    description="Reuse finished embedding parts found in the output directory."),
-    "demo": Param(False, type="boolean", title="Demo models",
-                  description="Tiny random models and classifier (offline; not meaningful)."),
-    "metrics_db": Param("", type="string", title="Metrics database",
-                        description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb."),
+    "gpu_slots": Param(
+        1,
+        type="integer",
+        minimum=0,
+        title="GPU slots",
+        description="Number of shards, one GPU each; 0 embeds one shard on CPU.",
+    ),
+    "resume": Param(
+        False,
+        type="boolean",
+        title="Resume",
+        description="Reuse finished embedding parts found in the output directory.",
+    ),
+    "demo": Param(
+        False,
+        type="boolean",
+        title="Demo models",
+        description="Tiny random models and classifier (offline; not meaningful).",
+    ),
+    "metrics_db": Param(
+        "",
+        type="string",
+        title="Metrics database",
+        description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb.",
+    ),
 }
 
 

@@ -8,6 +8,7 @@ on ``sys.path``. Airflow is imported inside the functions only, so `pipeline` ke
 without it; torch and the models are imported inside the task bodies (via
 `pipeline.run.steps`), so DAG parsing stays light.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Shared test setup. GPU tests carry @pytest.mark.gpu and are skipped cleanly without CUDA."""
+
 from __future__ import annotations
 
 import pytest

@@ -18,6 +18,7 @@ The frames come from seeded synthetic reads cut and translated by the ``prepare`
 functions, so both models see real stop-free frames. GC-rich reads are used on purpose: random DNA
 with 50 % GC almost never has a stop-free 100-codon frame.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,11 +57,15 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"min_cosine={self.min_cosine} is outside [-1, 1]; cosine similarity "
-                              "cannot exceed 1, use e.g. 0.999")
+            raise ConfigError(
+                f"min_cosine={self.min_cosine} is outside [-1, 1]; cosine similarity "
+                "cannot exceed 1, use e.g. 0.999"
+            )
         if not 0.0 <= self.min_label_agreement <= 1.0:
-            raise ConfigError(f"min_label_agreement={self.min_label_agreement} is outside [0, 1]; "
-                              "it is a fraction of frames, use e.g. 0.999")
+            raise ConfigError(
+                f"min_label_agreement={self.min_label_agreement} is outside [0, 1]; "
+                "it is a fraction of frames, use e.g. 0.999"
+            )
         if self.max_rel_l2 is not None and self.max_rel_l2 < 0:
             raise ConfigError(f"max_rel_l2={self.max_rel_l2} is negative; use e.g. 0.01 or leave it unset")
 
@@ -121,7 +126,7 @@ class EquivalenceConfig:
 class FrameSet:
     """Frames of synthetic reads, as the prepare stage would write them (``protein.faa`` order)."""
 
-    ids: list[str]          # frame ids ``<record>_chunk_<k><F1..R3>``
+    ids: list[str]  # frame ids ``<record>_chunk_<k><F1..R3>``
     nucleotide: list[str]
     protein: list[str]
 
@@ -137,8 +142,9 @@ def synthetic_frames(n: int, chunk_size: int = 300, seed: int = 0) -> FrameSet:
     try:
         from pipeline.prepare.stage import chunk_sequence
     except ImportError:  # prepare's FASTA reader needs Biopython, which GPU images may lack
+
         def chunk_sequence(seq: str, size: int) -> list[str]:
-            return [seq[i:i + size] for i in range(0, len(seq), size)]
+            return [seq[i : i + size] for i in range(0, len(seq), size)]
 
     rng = np.random.default_rng(seed)
     bases = np.frombuffer(b"ACGT", dtype=np.uint8)
@@ -183,13 +189,20 @@ def compare_embeddings(candidate: np.ndarray, baseline: np.ndarray) -> dict[str,
     # Two zero vectors are identical; one zero vector against a non-zero one shares nothing.
     denom = na * nb
     dot = np.einsum("nd,nd->n", a, b)
-    cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))
+    cos = np.where(
+        denom > 0, dot / np.where(denom > 0, denom, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0)
+    )
     cos = np.clip(cos, -1.0, 1.0)
     diff = np.linalg.norm(a - b, axis=1)
     rel = np.where(nb > 0, diff / np.where(nb > 0, nb, 1.0), np.where(diff > 0, np.inf, 0.0))
-    return {"cosines": cos, "cos_min": float(cos.min()), "cos_p001": float(np.quantile(cos, 0.001)),
-            "cos_mean": float(cos.mean()), "rel_l2_max": float(rel.max()),
-            "max_abs": float(np.abs(a - b).max()) if a.size else 0.0}
+    return {
+        "cosines": cos,
+        "cos_min": float(cos.min()),
+        "cos_p001": float(np.quantile(cos, 0.001)),
+        "cos_mean": float(cos.mean()),
+        "rel_l2_max": float(rel.max()),
+        "max_abs": float(np.abs(a - b).max()) if a.size else 0.0,
+    }
 
 
 def frame_labels(probs: np.ndarray) -> np.ndarray:
@@ -205,7 +218,9 @@ def chunk_labels(ids: list[str], probs: np.ndarray) -> dict[str, bool]:
     return dict(zip(table["Modified_ID"], table["Is_Virus"].astype(bool), strict=True))
 
 
-def label_agreement(ids: list[str], candidate_probs: np.ndarray, baseline_probs: np.ndarray) -> tuple[float, float]:
+def label_agreement(
+    ids: list[str], candidate_probs: np.ndarray, baseline_probs: np.ndarray
+) -> tuple[float, float]:
     """(frame agreement, chunk agreement) as fractions in [0, 1]."""
     frame = float(np.mean(frame_labels(candidate_probs) == frame_labels(baseline_probs)))
     a, b = chunk_labels(ids, candidate_probs), chunk_labels(ids, baseline_probs)
@@ -219,8 +234,10 @@ def passes(row: dict[str, Any], t: Thresholds, *, enforce_labels: bool = True) -
     under any rounding and a flip says nothing about the embeddings."""
     ok = row["cos_min"] >= t.min_cosine
     if enforce_labels:
-        ok = ok and (row["label_agreement"] >= t.min_label_agreement
-                     and row["chunk_label_agreement"] >= t.min_label_agreement)
+        ok = ok and (
+            row["label_agreement"] >= t.min_label_agreement
+            and row["chunk_label_agreement"] >= t.min_label_agreement
+        )
     if t.max_rel_l2 is not None:
         ok = ok and row["rel_l2_max"] <= t.max_rel_l2
     return bool(ok)
@@ -234,11 +251,17 @@ def _encoder(kind: str, spec: str, precision: str, attention: str, cfg: Equivale
     from pipeline.core.config import EncoderConfig
     from pipeline.models.registry import load_encoder
 
-    return load_encoder(kind, EncoderConfig(spec, precision=precision, attention=attention, seed=cfg.seed),
-                        cfg.device, disable_compile=True)
+    return load_encoder(
+        kind,
+        EncoderConfig(spec, precision=precision, attention=attention, seed=cfg.seed),
+        cfg.device,
+        disable_compile=True,
+    )
 
 
-def _packed_embeddings(encoder, sequences: list[str], budget: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _packed_embeddings(
+    encoder, sequences: list[str], budget: int | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Embed through the production path: FFD token-budget batches, ``embed_packed``.
     Returns ``(N, D) float32`` in input order and packing stats."""
     import torch
@@ -251,8 +274,12 @@ def _packed_embeddings(encoder, sequences: list[str], budget: int | None) -> tup
     device = param.device
     if budget is None:
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-        budget = choose_token_budget(device_type=device.type, hidden_size=encoder.info.hidden_size,
-                                     dtype_bytes=param.element_size(), free_bytes=free)
+        budget = choose_token_budget(
+            device_type=device.type,
+            hidden_size=encoder.info.hidden_size,
+            dtype_bytes=param.element_size(),
+            free_bytes=free,
+        )
     plan = plan_batches(lengths, budget)
     out = np.zeros((len(sequences), encoder.info.hidden_size), dtype=np.float32)
     with torch.inference_mode():
@@ -262,8 +289,12 @@ def _packed_embeddings(encoder, sequences: list[str], budget: int | None) -> tup
             cu[1:] = torch.from_numpy(np.cumsum(lengths[rows])).to(torch.int32)
             pooled = encoder.embed_packed(ids, cu.to(device), int(lengths[rows].max()))
             out[np.asarray(rows)] = pooled.float().cpu().numpy()
-    return out, {"batches": len(plan), "tokens": int(lengths.sum()), "token_budget": budget,
-                 "packing_efficiency": packing_efficiency(lengths, plan, budget)}
+    return out, {
+        "batches": len(plan),
+        "tokens": int(lengths.sum()),
+        "token_budget": budget,
+        "packing_efficiency": packing_efficiency(lengths, plan, budget),
+    }
 
 
 def _reference_embeddings(encoder, sequences: list[str]) -> np.ndarray:
@@ -307,8 +338,12 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         ref_model = _encoder(kind, specs[kind], "fp32", config.attentions[0], config)
         reference[kind] = _reference_embeddings(ref_model, columns[kind])
-        log.info("%s reference (v1) embeddings: %d x %d in %.1f s", kind, *reference[kind].shape,
-                 time.perf_counter() - t0)
+        log.info(
+            "%s reference (v1) embeddings: %d x %d in %.1f s",
+            kind,
+            *reference[kind].shape,
+            time.perf_counter() - t0,
+        )
         del ref_model
         _free(config.device)
         attentions[kind] = []
@@ -332,8 +367,11 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     classifier = load_classifier(config.classifier, input_dim=dim["dnabert-s"] + dim["esm2"])
     enforce_labels = not is_random_classifier(config.classifier)
     if not enforce_labels:
-        log.info("classifier %r has random weights: label agreement is reported but not enforced; "
-                 "pass a trained classifier (--classifier) to enforce it", config.classifier)
+        log.info(
+            "classifier %r has random weights: label agreement is reported but not enforced; "
+            "pass a trained classifier (--classifier) to enforce it",
+            config.classifier,
+        )
 
     def probs(parts: dict[str, np.ndarray]) -> np.ndarray:
         x = torch.from_numpy(np.concatenate([parts["dnabert-s"], parts["esm2"]], axis=1))
@@ -342,8 +380,17 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     ref_probs = probs(reference)
     rows: list[dict[str, Any]] = []
 
-    def add(comparison: str, model: str, kind: str, precision: str, backend: str, baseline_name: str,
-            cand_parts: dict[str, np.ndarray], base_parts: dict[str, np.ndarray], stats: dict[str, Any]) -> None:
+    def add(
+        comparison: str,
+        model: str,
+        kind: str,
+        precision: str,
+        backend: str,
+        baseline_name: str,
+        cand_parts: dict[str, np.ndarray],
+        base_parts: dict[str, np.ndarray],
+        stats: dict[str, Any],
+    ) -> None:
         swapped = [k for k in _KINDS if cand_parts[k] is not base_parts[k]]
         cand = np.concatenate([cand_parts[k] for k in swapped], axis=1)
         base = np.concatenate([base_parts[k] for k in swapped], axis=1)
@@ -351,11 +398,18 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         base_probs = ref_probs if all(base_parts[k] is reference[k] for k in _KINDS) else probs(base_parts)
         frame_agree, chunk_agree = label_agreement(frames.ids, probs(cand_parts), base_probs)
         row: dict[str, Any] = {
-            "comparison": comparison, "model": model, "kind": kind, "precision": precision, "backend": backend,
-            "baseline": baseline_name, "n": len(frames.ids),
+            "comparison": comparison,
+            "model": model,
+            "kind": kind,
+            "precision": precision,
+            "backend": backend,
+            "baseline": baseline_name,
+            "n": len(frames.ids),
             **{k: v for k, v in metrics.items() if k != "cosines"},
-            "label_agreement": frame_agree, "chunk_label_agreement": chunk_agree,
-            "n_chunks": len({i[:-2] for i in frames.ids}), **stats,
+            "label_agreement": frame_agree,
+            "chunk_label_agreement": chunk_agree,
+            "n_chunks": len({i[:-2] for i in frames.ids}),
+            **stats,
         }
         row["label_enforced"] = enforce_labels
         row["passed"] = passes(row, config.thresholds, enforce_labels=enforce_labels)
@@ -366,38 +420,90 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     for kind in _KINDS:
         for attention in attentions[kind]:
             fp32, fp32_stats, fp32_backend = candidates[(kind, attention, "fp32")]
-            add("packing", specs[kind], kind, "fp32", fp32_backend, "fp32 reference (padded, v1)",
-                {**reference, kind: fp32}, reference, fp32_stats)
+            add(
+                "packing",
+                specs[kind],
+                kind,
+                "fp32",
+                fp32_backend,
+                "fp32 reference (padded, v1)",
+                {**reference, kind: fp32},
+                reference,
+                fp32_stats,
+            )
             for precision in precisions:
                 emb, stats, backend = candidates[(kind, attention, precision)]
-                add("precision", specs[kind], kind, precision, backend, f"fp32 packed ({fp32_backend})",
-                    {**reference, kind: emb}, {**reference, kind: fp32}, stats)
-                add("end-to-end", specs[kind], kind, precision, backend, "fp32 reference (padded, v1)",
-                    {**reference, kind: emb}, reference, stats)
+                add(
+                    "precision",
+                    specs[kind],
+                    kind,
+                    precision,
+                    backend,
+                    f"fp32 packed ({fp32_backend})",
+                    {**reference, kind: emb},
+                    {**reference, kind: fp32},
+                    stats,
+                )
+                add(
+                    "end-to-end",
+                    specs[kind],
+                    kind,
+                    precision,
+                    backend,
+                    "fp32 reference (padded, v1)",
+                    {**reference, kind: emb},
+                    reference,
+                    stats,
+                )
     # Both models swapped at once: the classifier input production actually computes.
     for i, dna_attention in enumerate(attentions["dnabert-s"]):
         esm_attention = attentions["esm2"][min(i, len(attentions["esm2"]) - 1)]
         for precision in ["fp32", *precisions]:
             dna, _, dna_backend = candidates[("dnabert-s", dna_attention, precision)]
             esm, _, esm_backend = candidates[("esm2", esm_attention, precision)]
-            add("end-to-end", COMBINED, COMBINED, precision, f"{dna_backend}+{esm_backend}",
-                "fp32 reference (padded, v1)", {"dnabert-s": dna, "esm2": esm}, reference, {})
+            add(
+                "end-to-end",
+                COMBINED,
+                COMBINED,
+                precision,
+                f"{dna_backend}+{esm_backend}",
+                "fp32 reference (padded, v1)",
+                {"dnabert-s": dna, "esm2": esm},
+                reference,
+                {},
+            )
     return rows
 
 
-def validation_document(config: EquivalenceConfig, rows: list[dict[str, Any]], started_at: str) -> dict[str, Any]:
+def validation_document(
+    config: EquivalenceConfig, rows: list[dict[str, Any]], started_at: str
+) -> dict[str, Any]:
     """The ``virnucpro validate --json`` document (schema ``virnucpro.validate/1``)."""
     from pipeline.core.runinfo import environment_info, new_run_id, utc_now
 
     cfg = asdict(config)
     thresholds = cfg.pop("thresholds")
-    return {"schema": SCHEMA, "run_id": new_run_id(), "kind": "validate", "started_at": started_at,
-            "finished_at": utc_now(), "environment": environment_info(), "config": cfg,
-            "thresholds": thresholds, "passed": all(r["passed"] for r in rows), "results": rows}
+    return {
+        "schema": SCHEMA,
+        "run_id": new_run_id(),
+        "kind": "validate",
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "environment": environment_info(),
+        "config": cfg,
+        "thresholds": thresholds,
+        "passed": all(r["passed"] for r in rows),
+        "results": rows,
+    }
 
 
-def run_validation(config: EquivalenceConfig, json_path: str | Path, db_path: str | Path | None = None,
-                   *, enforce_thresholds: bool = True) -> dict[str, Any]:
+def run_validation(
+    config: EquivalenceConfig,
+    json_path: str | Path,
+    db_path: str | Path | None = None,
+    *,
+    enforce_thresholds: bool = True,
+) -> dict[str, Any]:
     """`run_equivalence`, then write the JSON document atomically to ``json_path``, optionally ingest
     it into the metrics store at ``db_path``, and finally (with ``enforce_thresholds``) raise
     `ThresholdFailed` if a row failed. Returns the document."""
@@ -428,25 +534,56 @@ def enforce(rows: list[dict[str, Any]], thresholds: Thresholds) -> None:
             f"{len(bad)} of {len(rows)} equivalence checks failed (min cosine {thresholds.min_cosine}, "
             f"min label agreement {thresholds.min_label_agreement}); worst: {worst['model']} "
             f"{worst['comparison']} {worst['precision']}/{worst['backend']} cos_min={worst['cos_min']:.9f} "
-            f"label agreement={worst['label_agreement']:.4f}; see the JSON for every row")
+            f"label agreement={worst['label_agreement']:.4f}; see the JSON for every row"
+        )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table of the rows (what ``virnucpro validate`` prints)."""
-    head = ("model", "comparison", "prec", "backend", "n", "cos_min", "cos_p0.1", "cos_mean", "rel_l2",
-            "max_abs", "lab_agr", "chunk_agr", "ok")
-    body = [(_short(r["model"]), r["comparison"], r["precision"], r["backend"], str(r["n"]),
-             f"{r['cos_min']:.7f}", f"{r['cos_p001']:.7f}", f"{r['cos_mean']:.7f}", f"{r['rel_l2_max']:.2e}",
-             f"{r['max_abs']:.2e}", *(f"{r[k]:.4f}" + ("" if r.get("label_enforced", True) else "*")
-                                      for k in ("label_agreement", "chunk_label_agreement")),
-             "PASS" if r["passed"] else "FAIL") for r in rows]
+    head = (
+        "model",
+        "comparison",
+        "prec",
+        "backend",
+        "n",
+        "cos_min",
+        "cos_p0.1",
+        "cos_mean",
+        "rel_l2",
+        "max_abs",
+        "lab_agr",
+        "chunk_agr",
+        "ok",
+    )
+    body = [
+        (
+            _short(r["model"]),
+            r["comparison"],
+            r["precision"],
+            r["backend"],
+            str(r["n"]),
+            f"{r['cos_min']:.7f}",
+            f"{r['cos_p001']:.7f}",
+            f"{r['cos_mean']:.7f}",
+            f"{r['rel_l2_max']:.2e}",
+            f"{r['max_abs']:.2e}",
+            *(
+                f"{r[k]:.4f}" + ("" if r.get("label_enforced", True) else "*")
+                for k in ("label_agreement", "chunk_label_agreement")
+            ),
+            "PASS" if r["passed"] else "FAIL",
+        )
+        for r in rows
+    ]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body]]
     if any(not r.get("label_enforced", True) for r in rows):
-        lines.append("* label agreement through a random classifier: reported, not enforced "
-                     "(pass --classifier with a trained model to enforce it)")
+        lines.append(
+            "* label agreement through a random classifier: reported, not enforced "
+            "(pass --classifier with a trained model to enforce it)"
+        )
     return "\n".join(lines)
 
 
 def _short(spec: str, width: int = 28) -> str:
-    return spec if len(spec) <= width else "…" + spec[-(width - 1):]
+    return spec if len(spec) <= width else "…" + spec[-(width - 1) :]

@@ -18,6 +18,7 @@ Idempotency: the SHA-256 of a file's bytes is recorded in ``ingested_files``; a 
 is skipped. Every data table also has a natural primary key and rows are inserted with
 ``INSERT OR IGNORE``, so the same results arriving in a byte-different file add nothing either.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,14 +41,17 @@ FILE_TYPES = ("run", "validate", "pytest-benchmark", "scaling", "device-benchmar
 # them is harmless; the version table records what has been applied. Never edit a released
 # migration: append a new one.
 _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (1, "initial schema", (
-        """CREATE TABLE IF NOT EXISTS ingested_files (
+    (
+        1,
+        "initial schema",
+        (
+            """CREATE TABLE IF NOT EXISTS ingested_files (
             sha256 VARCHAR PRIMARY KEY,
             path VARCHAR,
             file_type VARCHAR NOT NULL,
             run_id VARCHAR,
             ingested_at TIMESTAMPTZ DEFAULT current_timestamp)""",
-        """CREATE TABLE IF NOT EXISTS runs (
+            """CREATE TABLE IF NOT EXISTS runs (
             run_id VARCHAR PRIMARY KEY,
             kind VARCHAR NOT NULL,
             source VARCHAR NOT NULL,
@@ -60,7 +64,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             versions JSON,
             config JSON,
             environment JSON)""",
-        """CREATE TABLE IF NOT EXISTS stage_metrics (
+            """CREATE TABLE IF NOT EXISTS stage_metrics (
             run_id VARCHAR NOT NULL,
             idx INTEGER NOT NULL,
             stage VARCHAR NOT NULL,
@@ -75,7 +79,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             device VARCHAR,
             extra JSON,
             PRIMARY KEY (run_id, idx))""",
-        """CREATE TABLE IF NOT EXISTS equivalence_results (
+            """CREATE TABLE IF NOT EXISTS equivalence_results (
             run_id VARCHAR NOT NULL,
             comparison VARCHAR NOT NULL,
             model VARCHAR NOT NULL,
@@ -92,7 +96,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             passed BOOLEAN,
             extra JSON,
             PRIMARY KEY (run_id, comparison, model, precision, backend))""",
-        """CREATE TABLE IF NOT EXISTS cosine_values (
+            """CREATE TABLE IF NOT EXISTS cosine_values (
             run_id VARCHAR NOT NULL,
             comparison VARCHAR NOT NULL,
             model VARCHAR NOT NULL,
@@ -101,7 +105,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             idx INTEGER NOT NULL,
             cosine DOUBLE,
             PRIMARY KEY (run_id, comparison, model, precision, backend, idx))""",
-        """CREATE TABLE IF NOT EXISTS benchmark_results (
+            """CREATE TABLE IF NOT EXISTS benchmark_results (
             run_id VARCHAR NOT NULL,
             fullname VARCHAR NOT NULL,
             name VARCHAR NOT NULL,
@@ -118,7 +122,7 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             machine_info JSON,
             commit_info JSON,
             PRIMARY KEY (run_id, fullname))""",
-        """CREATE TABLE IF NOT EXISTS scaling_results (
+            """CREATE TABLE IF NOT EXISTS scaling_results (
             run_id VARCHAR NOT NULL,
             model VARCHAR NOT NULL,
             n_gpus INTEGER NOT NULL,
@@ -127,17 +131,26 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             efficiency DOUBLE,
             extra JSON,
             PRIMARY KEY (run_id, model, n_gpus))""",
-        """CREATE TABLE IF NOT EXISTS device_benchmarks (
+            """CREATE TABLE IF NOT EXISTS device_benchmarks (
             run_id VARCHAR NOT NULL,
             benchmark VARCHAR NOT NULL,
             metric VARCHAR NOT NULL,
             value DOUBLE,
             PRIMARY KEY (run_id, benchmark, metric))""",
-    )),
+        ),
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
-DATA_TABLES = ("runs", "stage_metrics", "equivalence_results", "cosine_values", "benchmark_results",
-               "scaling_results", "device_benchmarks", "ingested_files")
+DATA_TABLES = (
+    "runs",
+    "stage_metrics",
+    "equivalence_results",
+    "cosine_values",
+    "benchmark_results",
+    "scaling_results",
+    "device_benchmarks",
+    "ingested_files",
+)
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,8 @@ class IngestResult:
     path: Path
     file_type: str
     run_id: str | None
-    skipped: bool          # True when the same bytes were ingested before
-    rows: int              # data rows inserted (0 when skipped)
+    skipped: bool  # True when the same bytes were ingested before
+    rows: int  # data rows inserted (0 when skipped)
 
 
 def _sha256(data: bytes) -> str:
@@ -193,14 +206,18 @@ def detect_file_type(doc: Any) -> str:
     raise InputError(
         f"unrecognised result file (top-level keys {sorted(doc)[:8]}); expected a run record "
         f"({RUN_SCHEMA!r}), validate JSON, pytest-benchmark JSON, scaling JSON or a device "
-        "benchmark JSON with an 'environment' block")
+        "benchmark JSON with an 'environment' block"
+    )
 
 
 def _scaling_rows(doc: Mapping[str, Any]) -> list[dict]:
     for key in ("results", "rows", "scaling"):
         rows = doc.get(key)
-        if isinstance(rows, list) and rows and all(
-                isinstance(r, dict) and "n_gpus" in r and "tokens_per_s" in r for r in rows):
+        if (
+            isinstance(rows, list)
+            and rows
+            and all(isinstance(r, dict) and "n_gpus" in r and "tokens_per_s" in r for r in rows)
+        ):
             return rows
     return []
 
@@ -212,8 +229,11 @@ def _item_label(item: Any, index: int) -> str:
     """A readable, stable name for one element of a result list: its identifying fields joined
     (``short_reads/packed-eager/sdpa/fp16``), or its index when it has none."""
     if isinstance(item, dict):
-        parts = [str(item[k]) for k in _ID_KEYS
-                 if isinstance(item.get(k), str | int) and not isinstance(item.get(k), bool)]
+        parts = [
+            str(item[k])
+            for k in _ID_KEYS
+            if isinstance(item.get(k), str | int) and not isinstance(item.get(k), bool)
+        ]
         if parts:
             return "/".join(parts)
     return str(index)
@@ -271,8 +291,10 @@ class MetricsStore:
         try:
             con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as exc:
-            raise ConfigError(f"cannot open metrics database {self.path}: {exc}; check the path "
-                              "(--db / VIRNUCPRO_METRICS_DB) and that no other process is writing") from exc
+            raise ConfigError(
+                f"cannot open metrics database {self.path}: {exc}; check the path "
+                "(--db / VIRNUCPRO_METRICS_DB) and that no other process is writing"
+            ) from exc
         try:
             yield con
         finally:
@@ -282,13 +304,16 @@ class MetricsStore:
     def migrate(self) -> int:
         """Apply pending migrations; safe to call any number of times. Returns the schema version."""
         with self.connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                        "description VARCHAR, applied_at TIMESTAMPTZ DEFAULT current_timestamp)")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                "description VARCHAR, applied_at TIMESTAMPTZ DEFAULT current_timestamp)"
+            )
             current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise ConfigError(
                     f"metrics database {self.path} has schema version {current}, newer than this "
-                    f"code's {SCHEMA_VERSION}; upgrade virnucpro or use another --db")
+                    f"code's {SCHEMA_VERSION}; upgrade virnucpro or use another --db"
+                )
             for version, description, statements in _MIGRATIONS:
                 if version <= current:
                     continue
@@ -296,8 +321,10 @@ class MetricsStore:
                 try:
                     for stmt in statements:
                         con.execute(stmt)
-                    con.execute("INSERT OR IGNORE INTO schema_version (version, description) VALUES (?, ?)",
-                                [version, description])
+                    con.execute(
+                        "INSERT OR IGNORE INTO schema_version (version, description) VALUES (?, ?)",
+                        [version, description],
+                    )
                     con.execute("COMMIT")
                 except Exception:
                     con.execute("ROLLBACK")
@@ -341,8 +368,9 @@ class MetricsStore:
             raise InputError(f"{path}: {exc}") from None
         digest = _sha256(data)
         with self.connect() as con:
-            seen = con.execute("SELECT file_type, run_id FROM ingested_files WHERE sha256 = ?",
-                               [digest]).fetchone()
+            seen = con.execute(
+                "SELECT file_type, run_id FROM ingested_files WHERE sha256 = ?", [digest]
+            ).fetchone()
             if seen is not None:
                 return IngestResult(path, seen[0], seen[1], skipped=True, rows=0)
             con.execute("BEGIN TRANSACTION")
@@ -351,8 +379,10 @@ class MetricsStore:
                 # Fallback run ids hash the parsed content, so re-serialising a file keeps its id.
                 content_id = _sha256(json.dumps(doc, sort_keys=True).encode())
                 run_id = _INGESTERS[file_type](con, doc, content_id)
-                con.execute("INSERT INTO ingested_files (sha256, path, file_type, run_id) VALUES (?, ?, ?, ?)",
-                            [digest, str(path), file_type, run_id])
+                con.execute(
+                    "INSERT INTO ingested_files (sha256, path, file_type, run_id) VALUES (?, ?, ?, ?)",
+                    [digest, str(path), file_type, run_id],
+                )
                 rows = self._total_rows(con) - before
                 con.execute("COMMIT")
             except Exception:
@@ -365,22 +395,46 @@ class MetricsStore:
 
     @staticmethod
     def _total_rows(con) -> int:
-        return sum(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-                   for t in DATA_TABLES if t != "ingested_files")
+        return sum(
+            con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+            for t in DATA_TABLES
+            if t != "ingested_files"
+        )
 
 
 # ---- per-type ingesters: (connection, parsed document, content sha256) -> run_id ----------------------
 
-def _insert_run(con, *, run_id: str, kind: str, source: str, started_at: Any, finished_at: Any,
-                environment: Mapping[str, Any] | None, config: Any) -> None:
+
+def _insert_run(
+    con,
+    *,
+    run_id: str,
+    kind: str,
+    source: str,
+    started_at: Any,
+    finished_at: Any,
+    environment: Mapping[str, Any] | None,
+    config: Any,
+) -> None:
     env = dict(environment or {})
     con.execute(
         "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, CAST(? AS TIMESTAMPTZ), CAST(? AS TIMESTAMPTZ), "
         "?, ?, ?, ?, ?, ?, ?)",
-        [run_id, kind, source, started_at or env.get("time"), finished_at,
-         env.get("git_commit"), env.get("host"), env.get("device_name"),
-         int(env["device_count"]) if _num(env.get("device_count")) is not None else None,
-         _json(env.get("versions")), _json(config), _json(env)])
+        [
+            run_id,
+            kind,
+            source,
+            started_at or env.get("time"),
+            finished_at,
+            env.get("git_commit"),
+            env.get("host"),
+            env.get("device_name"),
+            int(env["device_count"]) if _num(env.get("device_count")) is not None else None,
+            _json(env.get("versions")),
+            _json(config),
+            _json(env),
+        ],
+    )
 
 
 def _bulk_insert(con, table: str, columns: Mapping[str, Any]) -> None:
@@ -398,11 +452,28 @@ def _bulk_insert(con, table: str, columns: Mapping[str, Any]) -> None:
 
 def _ingest_run(con, doc: Mapping[str, Any], digest: str) -> str:
     run_id = str(doc.get("run_id") or f"run-{digest[:12]}")
-    _insert_run(con, run_id=run_id, kind=str(doc.get("kind") or "predict"), source="run",
-                started_at=doc.get("started_at"), finished_at=doc.get("finished_at"),
-                environment=doc.get("environment"), config=doc.get("config"))
-    known = {"stage", "model", "seconds", "sequences", "tokens", "tokens_per_s", "packing_efficiency",
-             "backend", "precision", "device"}
+    _insert_run(
+        con,
+        run_id=run_id,
+        kind=str(doc.get("kind") or "predict"),
+        source="run",
+        started_at=doc.get("started_at"),
+        finished_at=doc.get("finished_at"),
+        environment=doc.get("environment"),
+        config=doc.get("config"),
+    )
+    known = {
+        "stage",
+        "model",
+        "seconds",
+        "sequences",
+        "tokens",
+        "tokens_per_s",
+        "packing_efficiency",
+        "backend",
+        "precision",
+        "device",
+    }
     for idx, st in enumerate(doc.get("stages") or []):
         if not isinstance(st, dict) or "stage" not in st:
             raise InputError(f"run record {run_id}: stage entry {idx} has no 'stage' name: {st!r}")
@@ -410,38 +481,83 @@ def _ingest_run(con, doc: Mapping[str, Any], digest: str) -> str:
         seq, tok = _num(st.get("sequences")), _num(st.get("tokens"))
         con.execute(
             "INSERT OR IGNORE INTO stage_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, idx, str(st["stage"]), st.get("model"), _num(st.get("seconds")),
-             None if seq is None else int(seq), None if tok is None else int(tok),
-             _num(st.get("tokens_per_s")), _num(st.get("packing_efficiency")), st.get("backend"),
-             st.get("precision"), st.get("device"), _json(extra or None)])
+            [
+                run_id,
+                idx,
+                str(st["stage"]),
+                st.get("model"),
+                _num(st.get("seconds")),
+                None if seq is None else int(seq),
+                None if tok is None else int(tok),
+                _num(st.get("tokens_per_s")),
+                _num(st.get("packing_efficiency")),
+                st.get("backend"),
+                st.get("precision"),
+                st.get("device"),
+                _json(extra or None),
+            ],
+        )
     return run_id
 
 
-_EQUIV_COLUMNS = ("n", "cos_min", "cos_p001", "cos_mean", "rel_l2_max", "max_abs", "label_agreement",
-                  "chunk_label_agreement")
+_EQUIV_COLUMNS = (
+    "n",
+    "cos_min",
+    "cos_p001",
+    "cos_mean",
+    "rel_l2_max",
+    "max_abs",
+    "label_agreement",
+    "chunk_label_agreement",
+)
 
 
 def _ingest_validate(con, doc: Mapping[str, Any], digest: str) -> str:
     run_id = str(doc.get("run_id") or f"validate-{digest[:12]}")
-    _insert_run(con, run_id=run_id, kind="validate", source="validate",
-                started_at=doc.get("started_at"), finished_at=doc.get("finished_at"),
-                environment=doc.get("environment"),
-                config={"config": doc.get("config"), "thresholds": doc.get("thresholds")})
+    _insert_run(
+        con,
+        run_id=run_id,
+        kind="validate",
+        source="validate",
+        started_at=doc.get("started_at"),
+        finished_at=doc.get("finished_at"),
+        environment=doc.get("environment"),
+        config={"config": doc.get("config"), "thresholds": doc.get("thresholds")},
+    )
     for row in doc.get("results") or []:
-        key = [run_id, str(row.get("comparison", "")), str(row.get("model", "")),
-               str(row.get("precision", "")), str(row.get("backend", ""))]
-        extra = {k: v for k, v in row.items()
-                 if k not in {*_EQUIV_COLUMNS, "comparison", "model", "precision", "backend", "passed",
-                              "cosines"}}
+        key = [
+            run_id,
+            str(row.get("comparison", "")),
+            str(row.get("model", "")),
+            str(row.get("precision", "")),
+            str(row.get("backend", "")),
+        ]
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in {*_EQUIV_COLUMNS, "comparison", "model", "precision", "backend", "passed", "cosines"}
+        }
         values = [_num(row.get(c)) for c in _EQUIV_COLUMNS]
         values[0] = None if values[0] is None else int(values[0])
-        con.execute("INSERT OR IGNORE INTO equivalence_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [*key, *values, bool(row.get("passed")), _json(extra or None)])
+        con.execute(
+            "INSERT OR IGNORE INTO equivalence_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [*key, *values, bool(row.get("passed")), _json(extra or None)],
+        )
         cosines = row.get("cosines") or []
         if cosines:
-            _bulk_insert(con, "cosine_values", {
-                "run_id": key[0], "comparison": key[1], "model": key[2], "precision": key[3],
-                "backend": key[4], "idx": list(range(len(cosines))), "cosine": [_num(c) for c in cosines]})
+            _bulk_insert(
+                con,
+                "cosine_values",
+                {
+                    "run_id": key[0],
+                    "comparison": key[1],
+                    "model": key[2],
+                    "precision": key[3],
+                    "backend": key[4],
+                    "idx": list(range(len(cosines))),
+                    "cosine": [_num(c) for c in cosines],
+                },
+            )
     return run_id
 
 
@@ -452,30 +568,63 @@ def _ingest_pytest_benchmark(con, doc: Mapping[str, Any], digest: str) -> str:
     stamp = doc.get("datetime") or digest[:12]
     run_id = f"bench-{stamp}-{machine.get('node', '')}-{str(commit.get('id', ''))[:8]}"
     cpu = machine.get("cpu") or {}
-    env = {"host": machine.get("node"), "git_commit": commit.get("id"),
-           "device_name": cpu.get("brand_raw") if isinstance(cpu, dict) else None, "device_count": 0,
-           "versions": {"python": machine.get("python_version")}, "machine_info": machine,
-           "commit_info": commit}
-    _insert_run(con, run_id=run_id, kind="bench", source="pytest-benchmark",
-                started_at=doc.get("datetime"), finished_at=None, environment=env, config=None)
+    env = {
+        "host": machine.get("node"),
+        "git_commit": commit.get("id"),
+        "device_name": cpu.get("brand_raw") if isinstance(cpu, dict) else None,
+        "device_count": 0,
+        "versions": {"python": machine.get("python_version")},
+        "machine_info": machine,
+        "commit_info": commit,
+    }
+    _insert_run(
+        con,
+        run_id=run_id,
+        kind="bench",
+        source="pytest-benchmark",
+        started_at=doc.get("datetime"),
+        finished_at=None,
+        environment=env,
+        config=None,
+    )
     for bench in doc.get("benchmarks") or []:
         stats = bench.get("stats") or {}
-        con.execute("INSERT OR IGNORE INTO benchmark_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, bench.get("fullname") or bench.get("name"), bench.get("name"), bench.get("group"),
-                     _num(stats.get("min")), _num(stats.get("max")), _num(stats.get("median")),
-                     _num(stats.get("mean")), _num(stats.get("stddev")),
-                     int(stats["rounds"]) if _num(stats.get("rounds")) is not None else None,
-                     _num(stats.get("ops")), _json(bench.get("params")), _json(bench.get("extra_info")),
-                     _json(machine), _json(commit)])
+        con.execute(
+            "INSERT OR IGNORE INTO benchmark_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                bench.get("fullname") or bench.get("name"),
+                bench.get("name"),
+                bench.get("group"),
+                _num(stats.get("min")),
+                _num(stats.get("max")),
+                _num(stats.get("median")),
+                _num(stats.get("mean")),
+                _num(stats.get("stddev")),
+                int(stats["rounds"]) if _num(stats.get("rounds")) is not None else None,
+                _num(stats.get("ops")),
+                _json(bench.get("params")),
+                _json(bench.get("extra_info")),
+                _json(machine),
+                _json(commit),
+            ],
+        )
     return run_id
 
 
 def _ingest_scaling(con, doc: Mapping[str, Any], digest: str) -> str:
     run_id = str(doc.get("run_id") or f"scaling-{digest[:12]}")
     env = doc.get("environment") or {}
-    _insert_run(con, run_id=run_id, kind="scaling", source="scaling",
-                started_at=doc.get("started_at") or env.get("time"), finished_at=doc.get("finished_at"),
-                environment=env, config=doc.get("config"))
+    _insert_run(
+        con,
+        run_id=run_id,
+        kind="scaling",
+        source="scaling",
+        started_at=doc.get("started_at") or env.get("time"),
+        finished_at=doc.get("finished_at"),
+        environment=env,
+        config=doc.get("config"),
+    )
     rows = _scaling_rows(doc)
     base: dict[str, float] = {}
     for row in sorted(rows, key=lambda r: _num(r.get("n_gpus")) or 0):
@@ -490,26 +639,51 @@ def _ingest_scaling(con, doc: Mapping[str, Any], digest: str) -> str:
         efficiency = _num(row.get("efficiency"))
         if efficiency is None and speedup is not None and n:
             efficiency = speedup / n
-        extra = {k: v for k, v in row.items()
-                 if k not in {"model", "n_gpus", "tokens_per_s", "speedup", "efficiency"}}
-        con.execute("INSERT OR IGNORE INTO scaling_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, model, n, tps, speedup, efficiency, _json(extra or None)])
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in {"model", "n_gpus", "tokens_per_s", "speedup", "efficiency"}
+        }
+        con.execute(
+            "INSERT OR IGNORE INTO scaling_results VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [run_id, model, n, tps, speedup, efficiency, _json(extra or None)],
+        )
     return run_id
 
 
 def _ingest_device_benchmark(con, doc: Mapping[str, Any], digest: str) -> str:
     env = doc.get("environment") or {}
-    benchmark = str(doc.get("benchmark") or doc.get("name") or doc.get("script") or doc.get("schema")
-                    or "device-benchmark")
+    benchmark = str(
+        doc.get("benchmark")
+        or doc.get("name")
+        or doc.get("script")
+        or doc.get("schema")
+        or "device-benchmark"
+    )
     run_id = str(doc.get("run_id") or f"device-{benchmark}-{digest[:12]}")
-    _insert_run(con, run_id=run_id, kind="device-bench", source="device-benchmark",
-                started_at=doc.get("started_at") or env.get("time"), finished_at=doc.get("finished_at"),
-                environment=env, config=doc.get("config") or doc.get("args"))
+    _insert_run(
+        con,
+        run_id=run_id,
+        kind="device-bench",
+        source="device-benchmark",
+        started_at=doc.get("started_at") or env.get("time"),
+        finished_at=doc.get("finished_at"),
+        environment=env,
+        config=doc.get("config") or doc.get("args"),
+    )
     metrics = {k: v for k, v in doc.items() if k not in {"environment", "config", "args", "schema", "run_id"}}
     rows = list(_flatten_metrics(metrics))
     if rows:
-        _bulk_insert(con, "device_benchmarks", {"run_id": run_id, "benchmark": benchmark,
-                                                "metric": [n for n, _ in rows], "value": [v for _, v in rows]})
+        _bulk_insert(
+            con,
+            "device_benchmarks",
+            {
+                "run_id": run_id,
+                "benchmark": benchmark,
+                "metric": [n for n, _ in rows],
+                "value": [v for _, v in rows],
+            },
+        )
     return run_id
 
 

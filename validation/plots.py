@@ -1,5 +1,6 @@
 """Report figures as ``data:image/png;base64,...`` URIs (matplotlib's Agg canvas, no pyplot state),
 so the HTML report is one self-contained file."""
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,13 @@ def throughput_over_time(df) -> str:
     fig = _figure()
     ax = fig.add_subplot()
     for i, (series, part) in enumerate(df.sort_values("started_at").groupby("series", sort=True)):
-        ax.plot(part["started_at"], part["tokens_per_s"], marker="o", color=_COLORS[i % len(_COLORS)],
-                label=_short(series))
+        ax.plot(
+            part["started_at"],
+            part["tokens_per_s"],
+            marker="o",
+            color=_COLORS[i % len(_COLORS)],
+            label=_short(series),
+        )
     ax.set_ylabel("tokens / s")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)

@@ -6,6 +6,7 @@ grouped by (source, kind, device name); the latest run of each group is compared
 it and, when asked, with a pinned baseline run. A *slowdown* is positive when the current run is
 worse: ``1 - new/old`` for higher-is-better numbers (throughput), ``new/old - 1`` for times.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,18 +64,29 @@ def _compare(metrics, ref_run: str, cur_run: str, label: str, threshold: float) 
     for name in sorted(set(ref.index) & set(cur.index)):
         r, c = ref.loc[name], cur.loc[name]
         slowdown = _slowdown(float(r["value"]), float(c["value"]), bool(c["higher_is_better"]))
-        rows.append({
-            "reference": label, "source": c["source"], "kind": c["kind"], "device_name": c["device_name"],
-            "metric": name, "unit": c["unit"], "higher_is_better": bool(c["higher_is_better"]),
-            "reference_run": ref_run, "current_run": cur_run,
-            "reference_value": float(r["value"]), "current_value": float(c["value"]),
-            "slowdown": slowdown, "regressed": slowdown is not None and slowdown > threshold,
-        })
+        rows.append(
+            {
+                "reference": label,
+                "source": c["source"],
+                "kind": c["kind"],
+                "device_name": c["device_name"],
+                "metric": name,
+                "unit": c["unit"],
+                "higher_is_better": bool(c["higher_is_better"]),
+                "reference_run": ref_run,
+                "current_run": cur_run,
+                "reference_value": float(r["value"]),
+                "current_value": float(c["value"]),
+                "slowdown": slowdown,
+                "regressed": slowdown is not None and slowdown > threshold,
+            }
+        )
     return rows
 
 
-def check_regressions(db_path: str | Path, threshold: float = 0.10, baseline: str | None = None,
-                      enforce: bool = False) -> list[dict[str, Any]]:
+def check_regressions(
+    db_path: str | Path, threshold: float = 0.10, baseline: str | None = None, enforce: bool = False
+) -> list[dict[str, Any]]:
     """Compare the latest run of every (source, kind, device) group with the run before it and,
     with ``baseline``, the latest run of the baseline's (source, kind) with that pinned run.
 
@@ -96,8 +108,11 @@ def check_regressions(db_path: str | Path, threshold: float = 0.10, baseline: st
     metrics = metric_table(db_path)
     rows: list[dict[str, Any]] = []
     if not metrics.empty:
-        order = (metrics[["run_id", "source", "kind", "device_name", "started_at"]]
-                 .drop_duplicates("run_id").sort_values(["started_at", "run_id"], na_position="first"))
+        order = (
+            metrics[["run_id", "source", "kind", "device_name", "started_at"]]
+            .drop_duplicates("run_id")
+            .sort_values(["started_at", "run_id"], na_position="first")
+        )
         for _, group in order.groupby(["source", "kind", "device_name"], sort=True):
             ids = group.run_id.tolist()
             if len(ids) >= 2:
@@ -105,8 +120,10 @@ def check_regressions(db_path: str | Path, threshold: float = 0.10, baseline: st
         if baseline is not None:
             base = order[order.run_id == baseline]
             if base.empty:
-                raise ConfigError(f"baseline run {baseline!r} has no comparable metrics in {db_path}; "
-                                  "pick a run id from the report's run list")
+                raise ConfigError(
+                    f"baseline run {baseline!r} has no comparable metrics in {db_path}; "
+                    "pick a run id from the report's run list"
+                )
             b = base.iloc[0]
             same = order[(order["source"] == b["source"]) & (order["kind"] == b["kind"])]
             latest = same.run_id.tolist()[-1]
@@ -121,5 +138,6 @@ def check_regressions(db_path: str | Path, threshold: float = 0.10, baseline: st
             raise ThresholdFailed(
                 f"{len(bad)} metric(s) slowed down more than {threshold:.0%}; worst: {worst['metric']} "
                 f"{worst['slowdown']:.1%} slower in {worst['current_run']} than {worst['reference_run']}; "
-                "investigate, or re-pin the baseline if the change is intended")
+                "investigate, or re-pin the baseline if the change is intended"
+            )
     return rows

@@ -4,6 +4,7 @@ Figures are embedded as base64 PNG data URIs and the CSS is inline, so the file 
 can be mailed or attached to a CI run. Every section renders with partial data: a section without
 rows says so instead of failing.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,8 @@ def _section_throughput(store) -> dict[str, Any]:
         FROM stage_metrics s JOIN runs r USING (run_id)
         WHERE s.tokens_per_s IS NOT NULL AND r.started_at IS NOT NULL GROUP BY ALL
         UNION ALL
-        SELECT r.started_at, d.benchmark || coalesce(' ' || json_extract_string(r.config, '$.model'), '') || ' '
+        SELECT r.started_at,
+                   d.benchmark || coalesce(' ' || json_extract_string(r.config, '$.model'), '') || ' '
                    || d.metric || ' @ ' || coalesce(r.device_name, '?') AS series,
                avg(d.value) AS tokens_per_s
         FROM device_benchmarks d JOIN runs r USING (run_id)
@@ -91,33 +93,48 @@ def _section_equivalence(store) -> dict[str, Any]:
     run_id = _latest_run_with(store, "equivalence_results")
     if run_id is None:
         return {"run_id": None, "rows": [], "img": None, "passed": None, "thresholds": {}}
-    rows = store.query("SELECT * FROM equivalence_results WHERE run_id = ? "
-                       "ORDER BY model, comparison, precision, backend", [run_id])
+    rows = store.query(
+        "SELECT * FROM equivalence_results WHERE run_id = ? ORDER BY model, comparison, precision, backend",
+        [run_id],
+    )
     config = store.query("SELECT config FROM runs WHERE run_id = ?", [run_id])["config"].iloc[0]
     thresholds = (json.loads(config) or {}).get("thresholds") or {} if config else {}
-    cos = store.query("SELECT comparison, model, precision, backend, list(cosine ORDER BY idx) AS c "
-                      "FROM cosine_values WHERE run_id = ? GROUP BY ALL ORDER BY ALL", [run_id])
+    cos = store.query(
+        "SELECT comparison, model, precision, backend, list(cosine ORDER BY idx) AS c "
+        "FROM cosine_values WHERE run_id = ? GROUP BY ALL ORDER BY ALL",
+        [run_id],
+    )
     img = None
     if not cos.empty:
         from validation import plots
 
         img = plots.cosine_histograms(
-            (f"{r.model} {r.comparison} {r.precision}/{r.backend}", list(r.c)) for r in cos.itertuples())
-    return {"run_id": run_id, "rows": _records(rows), "img": img, "passed": bool(rows["passed"].all()),
-            "thresholds": thresholds}
+            (f"{r.model} {r.comparison} {r.precision}/{r.backend}", list(r.c)) for r in cos.itertuples()
+        )
+    return {
+        "run_id": run_id,
+        "rows": _records(rows),
+        "img": img,
+        "passed": bool(rows["passed"].all()),
+        "thresholds": thresholds,
+    }
 
 
 def _section_packing(store) -> dict[str, Any]:
     run_id = store.query("""
         SELECT r.run_id FROM runs r JOIN stage_metrics s USING (run_id)
-        WHERE s.packing_efficiency IS NOT NULL ORDER BY r.started_at DESC NULLS LAST, r.run_id DESC LIMIT 1""")
+        WHERE s.packing_efficiency IS NOT NULL
+        ORDER BY r.started_at DESC NULLS LAST, r.run_id DESC LIMIT 1""")
     if run_id.empty:
         return {"img": None, "rows": [], "run_id": None}
     rid = str(run_id["run_id"].iloc[0])
-    df = store.query("""
+    df = store.query(
+        """
         SELECT stage || coalesce(' ' || model, '') || ' [' || coalesce(backend, '-') || ']' AS label,
                avg(packing_efficiency) AS packing_efficiency
-        FROM stage_metrics WHERE run_id = ? AND packing_efficiency IS NOT NULL GROUP BY ALL ORDER BY 1""", [rid])
+        FROM stage_metrics WHERE run_id = ? AND packing_efficiency IS NOT NULL GROUP BY ALL ORDER BY 1""",
+        [rid],
+    )
     from validation import plots
 
     return {"img": plots.packing_efficiency(df), "rows": _records(df), "run_id": rid}
@@ -127,9 +144,12 @@ def _section_stages(store) -> dict[str, Any]:
     rid = _latest_run_with(store, "stage_metrics")
     if rid is None:
         return {"img": None, "rows": [], "run_id": None}
-    df = store.query("""
+    df = store.query(
+        """
         SELECT stage || coalesce(' ' || model, '') AS label, sum(seconds) AS seconds, min(idx) AS first
-        FROM stage_metrics WHERE run_id = ? AND seconds IS NOT NULL GROUP BY ALL ORDER BY first""", [rid])
+        FROM stage_metrics WHERE run_id = ? AND seconds IS NOT NULL GROUP BY ALL ORDER BY first""",
+        [rid],
+    )
     if df.empty:
         return {"img": None, "rows": [], "run_id": rid}
     from validation import plots
@@ -141,12 +161,29 @@ def _section_stages(store) -> dict[str, Any]:
 
 def _section_benchmarks(store) -> dict[str, Any]:
     rid = _latest_run_with(store, "benchmark_results")
-    rows = [] if rid is None else _records(store.query(
-        'SELECT name, "group", min, median, mean, stddev, rounds FROM benchmark_results WHERE run_id = ? '
-        'ORDER BY "group", name', [rid]))
+    rows = (
+        []
+        if rid is None
+        else _records(
+            store.query(
+                'SELECT name, "group", min, median, mean, stddev, rounds FROM benchmark_results '
+                "WHERE run_id = ? "
+                'ORDER BY "group", name',
+                [rid],
+            )
+        )
+    )
     dev_rid = _latest_run_with(store, "device_benchmarks")
-    dev = [] if dev_rid is None else _records(store.query(
-        "SELECT benchmark, metric, value FROM device_benchmarks WHERE run_id = ? ORDER BY ALL", [dev_rid]))
+    dev = (
+        []
+        if dev_rid is None
+        else _records(
+            store.query(
+                "SELECT benchmark, metric, value FROM device_benchmarks WHERE run_id = ? ORDER BY ALL",
+                [dev_rid],
+            )
+        )
+    )
     return {"run_id": rid, "rows": rows, "device_run_id": dev_rid, "device_rows": dev}
 
 
@@ -162,15 +199,21 @@ def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "img": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
 
-def collect(db_path: str | Path, baseline: str | None = None, slowdown_threshold: float = 0.10,
-            run_dir: str | Path | None = None) -> dict[str, Any]:
+def collect(
+    db_path: str | Path,
+    baseline: str | None = None,
+    slowdown_threshold: float = 0.10,
+    run_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Everything the template shows, as plain Python data (figures as data URIs)."""
     from validation.metrics_store import SCHEMA_VERSION, MetricsStore
     from validation.regression import check_regressions
 
     store = MetricsStore(db_path)
-    runs = store.query("SELECT run_id, kind, source, started_at, git_commit, host, device_name, device_count "
-                       "FROM runs ORDER BY started_at DESC NULLS LAST, run_id DESC")
+    runs = store.query(
+        "SELECT run_id, kind, source, started_at, git_commit, host, device_name, device_count "
+        "FROM runs ORDER BY started_at DESC NULLS LAST, run_id DESC"
+    )
     regressions = check_regressions(db_path, slowdown_threshold, baseline=baseline)
     equivalence = _section_equivalence(store)
     return {
@@ -196,17 +239,26 @@ def collect(db_path: str | Path, baseline: str | None = None, slowdown_threshold
 def render_html(data: dict[str, Any]) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(num=_fmt_num, cos=_fmt_cos, pct=_fmt_pct)
     from pipeline.core.runinfo import utc_now
 
     return env.get_template(TEMPLATE_NAME).render(generated_at=utc_now(), **data)
 
 
-def render_report(db_path: str | Path, out_html: str | Path, baseline: str | None = None,
-                  slowdown_threshold: float = 0.10, run_dir: str | Path | None = None) -> Path:
+def render_report(
+    db_path: str | Path,
+    out_html: str | Path,
+    baseline: str | None = None,
+    slowdown_threshold: float = 0.10,
+    run_dir: str | Path | None = None,
+) -> Path:
     """Write the HTML report for the metrics store at ``db_path`` to ``out_html`` (atomically).
 
     Args:
@@ -222,8 +274,9 @@ def render_report(db_path: str | Path, out_html: str | Path, baseline: str | Non
     """
     if str(out_html).endswith(("/", "\\")) or Path(out_html).is_dir():
         raise ConfigError(f"report output {out_html} is a directory; give a file name such as report.html")
-    html = render_html(collect(db_path, baseline=baseline, slowdown_threshold=slowdown_threshold,
-                               run_dir=run_dir))
+    html = render_html(
+        collect(db_path, baseline=baseline, slowdown_threshold=slowdown_threshold, run_dir=run_dir)
+    )
     out = Path(out_html)
     atomic_write_text(out, html)
     log.info("wrote report %s (%d bytes)", out, len(html))

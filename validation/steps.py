@@ -21,6 +21,7 @@ from pipeline.run.steps import RunLayout, predict_config, read_json_list, safe_r
 
 __all__ = ["benchmark_step", "equivalence_step", "gate_step", "ingest_step", "regression_step", "report_step"]
 
+
 def equivalence_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str | None = None) -> str:
     """v1 (padded fp32 reference) vs v2 (packed, reduced precision) for the run's models; writes the
     ``virnucpro validate`` JSON document to ``OUT/validation/equivalence.json`` and returns its path.
@@ -44,8 +45,10 @@ def equivalence_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str
         device="cuda" if gpu else "cpu",
         classifier=cfg.classifier,
         chunk_size=max(cfg.chunk_size, 30),
-        thresholds=Thresholds(min_cosine=float(params.get("min_cosine", 0.999)),
-                              min_label_agreement=float(params.get("min_label_agreement", 0.999))),
+        thresholds=Thresholds(
+            min_cosine=float(params.get("min_cosine", 0.999)),
+            min_label_agreement=float(params.get("min_label_agreement", 0.999)),
+        ),
     )
     started = utc_now()
     doc = validation_document(config, run_equivalence(config), started)
@@ -56,8 +59,9 @@ def equivalence_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str
     return str(out)
 
 
-def benchmark_step(output_dir: str | Path, benchmarks_dir: str | Path, skip: bool,
-                   extra_args: Sequence[str] = ()) -> str | None:
+def benchmark_step(
+    output_dir: str | Path, benchmarks_dir: str | Path, skip: bool, extra_args: Sequence[str] = ()
+) -> str | None:
     """``pytest BENCHMARKS --benchmark-json RUN/validation/benchmarks.json``; None when skipped.
 
     GPU benchmarks skip themselves without CUDA, so on CPU this runs the CPU-sized cases only.
@@ -67,14 +71,25 @@ def benchmark_step(output_dir: str | Path, benchmarks_dir: str | Path, skip: boo
     layout = RunLayout(Path(output_dir))
     layout.validation.mkdir(parents=True, exist_ok=True)
     out = layout.validation / "benchmarks.json"
-    cmd = [sys.executable, "-m", "pytest", str(benchmarks_dir), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={out}", *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(benchmarks_dir),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--benchmark-json={out}",
+        *extra_args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     (layout.validation / "benchmarks.log").write_text(proc.stdout + proc.stderr)
     # 5 = nothing collected: benchmarks are optional for the nightly check, missing ones are not.
     if proc.returncode not in (0, 5):
-        raise VirNucProError(f"benchmarks failed (pytest exit {proc.returncode}); see "
-                             f"{layout.validation / 'benchmarks.log'} and rerun them with pytest {benchmarks_dir}")
+        raise VirNucProError(
+            f"benchmarks failed (pytest exit {proc.returncode}); see "
+            f"{layout.validation / 'benchmarks.log'} and rerun them with pytest {benchmarks_dir}"
+        )
     return str(out) if out.exists() else None
 
 
@@ -98,8 +113,9 @@ def ingest_step(paths: Sequence[str | Path | None], metrics_db: str | Path | Non
     return str(db)
 
 
-def regression_step(metrics_db: str | Path | None, threshold: float, run_dir: str | Path,
-                    baseline: str | None = None) -> str:
+def regression_step(
+    metrics_db: str | Path | None, threshold: float, run_dir: str | Path, baseline: str | None = None
+) -> str:
     """Compare the latest runs in the store with the runs before them (and with the pinned
     ``baseline`` run, when given); writes every comparison to ``OUT/validation/regressions.json``
     (``regressed`` marks the failures) and returns that path."""
@@ -112,16 +128,23 @@ def regression_step(metrics_db: str | Path | None, threshold: float, run_dir: st
     return str(out)
 
 
-def report_step(metrics_db: str | Path | None, run_dir: str | Path, threshold: float = 0.10,
-                baseline: str | None = None) -> str:
+def report_step(
+    metrics_db: str | Path | None, run_dir: str | Path, threshold: float = 0.10, baseline: str | None = None
+) -> str:
     """Render the self-contained HTML report of the metrics store to ``OUT/report.html``."""
     from validation.report import render_report
 
     layout = RunLayout(Path(run_dir))
     scored = layout.root / "frame_scores.parquet"
-    return str(render_report(_metrics_db(metrics_db), layout.root / "report.html",
-                             slowdown_threshold=threshold, baseline=baseline,
-                             run_dir=layout.root if scored.is_file() else None))
+    return str(
+        render_report(
+            _metrics_db(metrics_db),
+            layout.root / "report.html",
+            slowdown_threshold=threshold,
+            baseline=baseline,
+            run_dir=layout.root if scored.is_file() else None,
+        )
+    )
 
 
 def gate_step(equivalence_json: str | None, regressions_json: str | None) -> None:
@@ -131,18 +154,21 @@ def gate_step(equivalence_json: str | None, regressions_json: str | None) -> Non
         doc = json.loads(Path(equivalence_json).read_text())
         for row in doc.get("results", []) if isinstance(doc, dict) else doc:
             if row.get("passed") is False:
-                problems.append(f"equivalence {row.get('comparison', '?')} {row.get('model', '?')} "
-                                f"{row.get('precision', '')}: cos_min={row.get('cos_min')}")
+                problems.append(
+                    f"equivalence {row.get('comparison', '?')} {row.get('model', '?')} "
+                    f"{row.get('precision', '')}: cos_min={row.get('cos_min')}"
+                )
         if isinstance(doc, dict) and doc.get("passed") is False and not problems:
             problems.append("equivalence: the validation run failed its thresholds")
     if regressions_json:
         for row in read_json_list(Path(regressions_json)):
             if row.get("regressed"):
-                problems.append(f"regression {row.get('metric')}: {row.get('reference_value')} -> "
-                                f"{row.get('current_value')} {row.get('unit', '')} "
-                                f"({100 * float(row.get('slowdown') or 0):.0f}% worse than {row.get('reference_run')})")
+                problems.append(
+                    f"regression {row.get('metric')}: {row.get('reference_value')} -> "
+                    f"{row.get('current_value')} {row.get('unit', '')} "
+                    f"({100 * float(row.get('slowdown') or 0):.0f}% worse than {row.get('reference_run')})"
+                )
     if problems:
-        raise ThresholdFailed(f"{len(problems)} nightly check(s) failed (details in the report): "
-                              + "; ".join(problems))
-
-
+        raise ThresholdFailed(
+            f"{len(problems)} nightly check(s) failed (details in the report): " + "; ".join(problems)
+        )

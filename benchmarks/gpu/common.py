@@ -2,12 +2,14 @@
 
 Everything here imports torch lazily, like the scripts, so ``--help`` stays instant.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +50,9 @@ def padded_plan(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def packed_batches(token_ids: list[np.ndarray], plan: list[list[int]], device,
-                   cu_on_device: bool = True) -> list[tuple]:
+def packed_batches(
+    token_ids: list[np.ndarray], plan: list[list[int]], device, cu_on_device: bool = True
+) -> list[tuple]:
     """One ``(input_ids (T,) int64 on device, cu_seqlens (B+1,) int32, max_seqlen, indices)`` per
     batch of ``plan``; ``cu_seqlens`` stays on the CPU when ``cu_on_device`` is false."""
     import torch

@@ -25,6 +25,7 @@ JSON (``--out``): ``{"schema": "virnucpro.bench.dnabert/1", "environment": envir
 ...}}, "throughput": [{path, precision, backend, tokens, sequences, batches, seconds, tokens_per_s,
 speedup_vs_padded, efficiency, warmup_s}], "goals": {...}, "seconds_total": ...}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,24 @@ from benchmarks.gpu.common import packed_batches, padded_plan, save, synchronize
 SCHEMA = "virnucpro.bench.dnabert/1"
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 
-GPU = {"model": "random:dnabert-s", "n_cos": 2000, "ref_batch": 256, "budget": 32768,
-       "tokens": 4_000_000, "warmup_batches": 4, "compile": True}
-SMOKE = {"model": "random:dnabert-s-tiny", "n_cos": 24, "ref_batch": 8, "budget": 1024,
-         "tokens": 4000, "warmup_batches": 1, "compile": False}
+GPU = {
+    "model": "random:dnabert-s",
+    "n_cos": 2000,
+    "ref_batch": 256,
+    "budget": 32768,
+    "tokens": 4_000_000,
+    "warmup_batches": 4,
+    "compile": True,
+}
+SMOKE = {
+    "model": "random:dnabert-s-tiny",
+    "n_cos": 24,
+    "ref_batch": 8,
+    "budget": 1024,
+    "tokens": 4000,
+    "warmup_batches": 1,
+    "compile": False,
+}
 # Part B's compiled run is skipped when the script has already used this much time (3 min budget).
 COMPILE_DEADLINE_S = 110.0
 
@@ -67,9 +82,15 @@ def cosine_stats(a, b) -> dict[str, float]:
     a, b = a.double().cpu(), b.double().cpu()
     cos = F.cosine_similarity(a, b, dim=-1).numpy()
     rel = (torch.linalg.vector_norm(a - b, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).numpy()
-    return {"n": int(cos.size), "cos_min": float(np.nanmin(cos)), "cos_p0.1": float(np.nanpercentile(cos, 0.1)),
-            "cos_mean": float(np.nanmean(cos)), "rel_l2_max": float(np.nanmax(rel)),
-            "rel_l2_mean": float(np.nanmean(rel)), "nonfinite": int((~np.isfinite(cos)).sum())}
+    return {
+        "n": int(cos.size),
+        "cos_min": float(np.nanmin(cos)),
+        "cos_p0.1": float(np.nanpercentile(cos, 0.1)),
+        "cos_mean": float(np.nanmean(cos)),
+        "rel_l2_max": float(np.nanmax(rel)),
+        "rel_l2_mean": float(np.nanmean(rel)),
+        "nonfinite": int((~np.isfinite(cos)).sum()),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,14 +122,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
 
     def load(precision: str, compile_: bool = False):
-        cfg = EncoderConfig(preset["model"], precision=precision, attention=args.attention,
-                            compile=compile_, seed=args.seed)
+        cfg = EncoderConfig(
+            preset["model"], precision=precision, attention=args.attention, compile=compile_, seed=args.seed
+        )
         return load_dnabert_s(cfg, device)
 
-    result: dict[str, Any] = {"schema": SCHEMA, "environment": environment_info(),
-                              "config": {**preset, "device": str(device), "seed": args.seed,
-                                         "attention": args.attention, "smoke": args.smoke},
-                              "equivalence": {}, "throughput": [], "notes": []}
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "environment": environment_info(),
+        "config": {
+            **preset,
+            "device": str(device),
+            "seed": args.seed,
+            "attention": args.attention,
+            "smoke": args.smoke,
+        },
+        "equivalence": {},
+        "throughput": [],
+        "notes": [],
+    }
 
     # ---- Part A: equivalence --------------------------------------------------------------------
     t = time.perf_counter()
@@ -163,16 +195,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 m.embed_packed(ids, cu, max_len)
 
     def record(path: str, backend: str, seconds: float, n_batches: int, efficiency: float, warmup_s: float):
-        result["throughput"].append({
-            "path": path, "precision": "fp16", "backend": backend, "tokens": tokens,
-            "sequences": len(lengths), "batches": n_batches, "seconds": seconds,
-            "tokens_per_s": tokens / seconds, "efficiency": efficiency, "warmup_s": warmup_s})
+        result["throughput"].append(
+            {
+                "path": path,
+                "precision": "fp16",
+                "backend": backend,
+                "tokens": tokens,
+                "sequences": len(lengths),
+                "batches": n_batches,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "efficiency": efficiency,
+                "warmup_s": warmup_s,
+            }
+        )
 
     warmup_s = timed(lambda: run_padded(padded[-warm:]), device)
-    record("padded", "matmul-softmax", timed(run_padded, device), len(padded), tokens / padded_slots, warmup_s)
+    record(
+        "padded", "matmul-softmax", timed(run_padded, device), len(padded), tokens / padded_slots, warmup_s
+    )
     eff = packing_efficiency(lengths, packed_plan, budget)
     warmup_s = timed(lambda: run_packed(model, packed[:warm]), device)
-    record("packed eager", model.backend, timed(lambda: run_packed(model), device), len(packed), eff, warmup_s)
+    record(
+        "packed eager", model.backend, timed(lambda: run_packed(model), device), len(packed), eff, warmup_s
+    )
     model = params = None  # free the fp16 weights before the compiled model is built
 
     if preset["compile"]:
@@ -182,15 +228,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             compiled = load("fp16", compile_=True)
             # warm-up over batches of several shapes so dynamic-shape compilation is done before timing
             warmup_s = timed(lambda: run_packed(compiled, packed[:warm] + packed[-warm:]), device)
-            record("packed compiled", compiled.backend, timed(lambda: run_packed(compiled), device),
-                   len(packed), eff, warmup_s)
+            record(
+                "packed compiled",
+                compiled.backend,
+                timed(lambda: run_packed(compiled), device),
+                len(packed),
+                eff,
+                warmup_s,
+            )
             # the compiled graph must give the same embeddings as the eager one
             pooled = torch.empty_like(reference)
             with torch.inference_mode():
                 for ids, cu, max_len, idx in packed_batches(token_ids, plan, device):
-                    pooled[torch.as_tensor(idx, device=pooled.device)] = compiled.embed_packed(ids, cu, max_len)
-            result["equivalence"]["fp16 compiled"] = {"backend": compiled.backend,
-                                                      **cosine_stats(pooled, reference)}
+                    pooled[torch.as_tensor(idx, device=pooled.device)] = compiled.embed_packed(
+                        ids, cu, max_len
+                    )
+            result["equivalence"]["fp16 compiled"] = {
+                "backend": compiled.backend,
+                **cosine_stats(pooled, reference),
+            }
 
     base = result["throughput"][0]["tokens_per_s"]
     for row in result["throughput"]:
@@ -207,16 +263,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"model {result['config']['model']} on {result['config']['device']}",
-             "precision      backend       cos_min     cos_p0.1    cos_mean    rel_l2_max"]
+    lines = [
+        f"model {result['config']['model']} on {result['config']['device']}",
+        "precision      backend       cos_min     cos_p0.1    cos_mean    rel_l2_max",
+    ]
     for p, s in result["equivalence"].items():
-        lines.append(f"{p:<14} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p0.1']:.7f}  {s['cos_mean']:.7f}"
-                     f"  {s['rel_l2_max']:.2e}")
+        lines.append(
+            f"{p:<14} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p0.1']:.7f}  {s['cos_mean']:.7f}"
+            f"  {s['rel_l2_max']:.2e}"
+        )
     lines.append("")
     lines.append(f"{'path':<16} {'backend':<15} {'tok/s':>12} {'x padded':>9} {'eff':>6} {'warmup_s':>9}")
     for r in result["throughput"]:
-        lines.append(f"{r['path']:<16} {r['backend']:<15} {r['tokens_per_s']:>12,.0f} "
-                     f"{r['speedup_vs_padded']:>9.2f} {r['efficiency']:>6.3f} {r['warmup_s']:>9.1f}")
+        lines.append(
+            f"{r['path']:<16} {r['backend']:<15} {r['tokens_per_s']:>12,.0f} "
+            f"{r['speedup_vs_padded']:>9.2f} {r['efficiency']:>6.3f} {r['warmup_s']:>9.1f}"
+        )
     for note in result["notes"]:
         lines.append(f"note: {note}")
     lines.append("")
@@ -236,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=None, help="tokens per packed / padded batch")
     parser.add_argument("--tokens", type=int, default=None, help="approximate tokens in the throughput part")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled packed run")
-    parser.add_argument("--compile", action="store_true", help="force the compiled packed run (also in --smoke)")
+    parser.add_argument(
+        "--compile", action="store_true", help="force the compiled packed run (also in --smoke)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = run(args)

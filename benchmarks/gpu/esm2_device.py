@@ -18,6 +18,7 @@ Goals on one H200 with ESM-2 3B: >= 100K tokens/s and >= 2.5x vanilla.
 Usage (GPU):  python benchmarks/gpu/esm2_device.py --out esm2.json
 Usage (CPU):  python benchmarks/gpu/esm2_device.py --smoke --out /tmp/esm2.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,26 @@ from benchmarks.gpu.common import packed_batches, padded_plan, save, synchronize
 SCHEMA = "virnucpro.bench.esm2/1"
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
-GPU = {"model": "random:esm2_t36_3B_UR50D", "n_cos": 2000, "ref_budget": 16384, "budget": 32768,
-       "short_tokens": 600_000, "frame_tokens": 600_000, "warmup_batches": 4, "max_len": 1022}
-SMOKE = {"model": "random:esm2_t6_8M_UR50D", "n_cos": 8, "ref_budget": 512, "budget": 512,
-         "short_tokens": 300, "frame_tokens": 300, "warmup_batches": 1, "max_len": 120}
+GPU = {
+    "model": "random:esm2_t36_3B_UR50D",
+    "n_cos": 2000,
+    "ref_budget": 16384,
+    "budget": 32768,
+    "short_tokens": 600_000,
+    "frame_tokens": 600_000,
+    "warmup_batches": 4,
+    "max_len": 1022,
+}
+SMOKE = {
+    "model": "random:esm2_t6_8M_UR50D",
+    "n_cos": 8,
+    "ref_budget": 512,
+    "budget": 512,
+    "short_tokens": 300,
+    "frame_tokens": 300,
+    "warmup_batches": 1,
+    "max_len": 120,
+}
 
 
 def random_proteins(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -49,8 +66,11 @@ def random_proteins(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
 def mixed_lengths(n: int, rng: np.random.Generator, max_len: int = 1022) -> np.ndarray:
     """40% short reads (30-60 aa), 40% 500 bp frames (120-166), 15% 167-400, 5% 401-1022,
     plus the extremes (1 and 1022); clipped to ``max_len``."""
-    parts = [rng.integers(30, 61, int(n * 0.40)), rng.integers(120, 167, int(n * 0.40)),
-             rng.integers(167, 401, int(n * 0.15))]
+    parts = [
+        rng.integers(30, 61, int(n * 0.40)),
+        rng.integers(120, 167, int(n * 0.40)),
+        rng.integers(167, 401, int(n * 0.15)),
+    ]
     rest = n - sum(len(p) for p in parts) - 2
     parts += [rng.integers(401, 1023, max(rest, 0)), np.array([1, 1022])]
     out = np.concatenate(parts)[-n:]  # keep the extremes when n is tiny
@@ -78,7 +98,7 @@ def padded_batches(token_ids: list[np.ndarray], plan: list[list[int]], pad: int,
         longest = max(token_ids[i].size for i in idx)
         toks = torch.full((len(idx), longest), pad, dtype=torch.int64)
         for r, i in enumerate(idx):
-            toks[r, :token_ids[i].size] = torch.from_numpy(token_ids[i])
+            toks[r, : token_ids[i].size] = torch.from_numpy(token_ids[i])
         out.append((toks.to(device), idx))
     return out
 
@@ -99,9 +119,15 @@ def cosine_stats(a, b) -> dict[str, float]:
     cos = F.cosine_similarity(a.double(), b.double(), dim=-1).cpu().numpy()
     diff = torch.linalg.vector_norm((a - b).double(), dim=-1)
     rel = (diff / torch.linalg.vector_norm(b.double(), dim=-1)).cpu().numpy()
-    return {"n": int(cos.size), "cos_min": float(cos.min()), "cos_p0.1": float(np.percentile(cos, 0.1)),
-            "cos_mean": float(cos.mean()), "rel_l2_max": float(rel.max()), "rel_l2_mean": float(rel.mean()),
-            "nonfinite": int((~np.isfinite(cos)).sum())}
+    return {
+        "n": int(cos.size),
+        "cos_min": float(cos.min()),
+        "cos_p0.1": float(np.percentile(cos, 0.1)),
+        "cos_mean": float(cos.mean()),
+        "rel_l2_max": float(rel.max()),
+        "rel_l2_mean": float(rel.mean()),
+        "nonfinite": int((~np.isfinite(cos)).sum()),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,18 +145,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     model_spec = args.model or sizes["model"]
     rng = np.random.default_rng(args.seed)
-    result: dict[str, Any] = {"schema": SCHEMA, "environment": environment_info(),
-                              "config": {"model": model_spec, "device": str(device), "seed": args.seed,
-                                         **sizes}}
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "environment": environment_info(),
+        "config": {"model": model_spec, "device": str(device), "seed": args.seed, **sizes},
+    }
     t_start = time.perf_counter()
 
     def load(precision: str, compile_: bool = False):
         t0 = time.perf_counter()
-        m = load_esm2(EncoderConfig(model_spec, precision=precision, attention="auto", seed=args.seed), device)
+        m = load_esm2(
+            EncoderConfig(model_spec, precision=precision, attention="auto", seed=args.seed), device
+        )
         if compile_:
             m.enable_compile(args.compile_backend)
-        print(f"[{time.perf_counter() - t_start:6.1f}s] loaded {model_spec} {precision} backend={m.backend} "
-              f"in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"[{time.perf_counter() - t_start:6.1f}s] loaded {model_spec} {precision} backend={m.backend} "
+            f"in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
         return m
 
     # ---- part A: equivalence ------------------------------------------------------------------
@@ -145,11 +178,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         t0 = time.perf_counter()
         for toks, idx in padded_batches(cos_ids, padded_plan(lens, sizes["ref_budget"]), tok.pad_id, device):
-            rep = ref_model.esm(toks, repr_layers=[ref_model.num_layers])["representations"][ref_model.num_layers]
+            rep = ref_model.esm(toks, repr_layers=[ref_model.num_layers])["representations"][
+                ref_model.num_layers
+            ]
             ref[torch.as_tensor(idx, device=device)] = padded_pool(rep, toks, special)
         synchronize(device)
-    print(f"[{time.perf_counter() - t_start:6.1f}s] fp32 reference for {n_cos} sequences in "
-          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"[{time.perf_counter() - t_start:6.1f}s] fp32 reference for {n_cos} sequences in "
+        f"{time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     del ref_model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -179,8 +217,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     precision = args.bench_precision
     model = load(precision)
     vanilla = model.esm  # fair-esm's ESM2 cast to the precision: what `model.half()` users run
-    mixes = {"short_reads_30-60aa": (30, 60, sizes["short_tokens"]),
-             "frames_500bp_120-166aa": (120, 166, sizes["frame_tokens"])}
+    mixes = {
+        "short_reads_30-60aa": (30, 60, sizes["short_tokens"]),
+        "frames_500bp_120-166aa": (120, 166, sizes["frame_tokens"]),
+    }
     budget = args.budget or sizes["budget"]
     throughput = []
     for mix, (lo, hi, tokens) in mixes.items():
@@ -212,19 +252,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     model.disable_compile()
                 fn = run_vanilla if path == "vanilla" else run_packed
                 warm_batches = (pd if path == "vanilla" else pk)[:warm]
-                warm_s = timed(lambda: fn(warm_batches), device)
+                warm_s = timed(lambda fn=fn, warm_batches=warm_batches: fn(warm_batches), device)
                 seconds = timed(fn, device)
-                row = {"mix": mix, "path": path, "backend": "fair-esm" if path == "vanilla" else model.backend,
-                       "precision": precision, "sequences": len(seqs), "tokens": real_tokens,
-                       "batches": len(pd) if path == "vanilla" else len(pk), "seconds": seconds,
-                       "tokens_per_s": real_tokens / seconds, "warmup_seconds": warm_s,
-                       "token_budget": budget,
-                       "efficiency": padded_eff if path == "vanilla" else packing_eff}
+                row = {
+                    "mix": mix,
+                    "path": path,
+                    "backend": "fair-esm" if path == "vanilla" else model.backend,
+                    "precision": precision,
+                    "sequences": len(seqs),
+                    "tokens": real_tokens,
+                    "batches": len(pd) if path == "vanilla" else len(pk),
+                    "seconds": seconds,
+                    "tokens_per_s": real_tokens / seconds,
+                    "warmup_seconds": warm_s,
+                    "token_budget": budget,
+                    "efficiency": padded_eff if path == "vanilla" else packing_eff,
+                }
                 if path == "packed-compiled":
                     row["compile_stats"] = model.compile_stats()
                 rows.append(row)
-                print(f"[{time.perf_counter() - t_start:6.1f}s] {mix} {path}: {row['tokens_per_s']:,.0f} tok/s "
-                      f"({seconds:.2f}s, warm-up {warm_s:.1f}s)", flush=True)
+                print(
+                    f"[{time.perf_counter() - t_start:6.1f}s] {mix} {path}: {row['tokens_per_s']:,.0f} tok/s "
+                    f"({seconds:.2f}s, warm-up {warm_s:.1f}s)",
+                    flush=True,
+                )
         model.check_finite(f"throughput {mix}")
         base = rows[0]["tokens_per_s"]
         for row in rows:
@@ -250,14 +301,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["precision  backend       cos_min     cos_p0.1    cos_mean",]
+    lines = [
+        "precision  backend       cos_min     cos_p0.1    cos_mean",
+    ]
     for p, s in result["equivalence"].items():
-        lines.append(f"{p:<10} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p0.1']:.7f}  {s['cos_mean']:.7f}")
+        lines.append(
+            f"{p:<10} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p0.1']:.7f}  {s['cos_mean']:.7f}"
+        )
     lines.append("")
     lines.append(f"{'mix':<24} {'path':<16} {'backend':<13} {'tok/s':>12} {'x vanilla':>9} {'eff':>6}")
     for r in result["throughput"]:
-        lines.append(f"{r['mix']:<24} {r['path']:<16} {r['backend']:<13} {r['tokens_per_s']:>12,.0f} "
-                     f"{r['speedup_vs_vanilla']:>9.2f} {r['efficiency']:>6.3f}")
+        lines.append(
+            f"{r['mix']:<24} {r['path']:<16} {r['backend']:<13} {r['tokens_per_s']:>12,.0f} "
+            f"{r['speedup_vs_vanilla']:>9.2f} {r['efficiency']:>6.3f}"
+        )
     lines.append("")
     lines.append("goals: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in result["goals"].items()))
     lines.append(f"total {result['seconds_total']:.0f}s")
@@ -272,11 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--n-cos", type=int, default=None, help="sequences in the equivalence part")
     parser.add_argument("--budget", type=int, default=None, help="tokens per packed / padded batch")
-    parser.add_argument("--compile-backend", default=None,
-                        help="torch.compile backend (default inductor; 'eager' in --smoke)")
-    parser.add_argument("--bench-precision", default=None, choices=("fp16", "bf16", "fp32"),
-                        help="precision of the throughput part (default fp16; fp32 in --smoke, where CPU "
-                             "half precision is emulated and slow)")
+    parser.add_argument(
+        "--compile-backend", default=None, help="torch.compile backend (default inductor; 'eager' in --smoke)"
+    )
+    parser.add_argument(
+        "--bench-precision",
+        default=None,
+        choices=("fp16", "bf16", "fp32"),
+        help="precision of the throughput part (default fp16; fp32 in --smoke, where CPU "
+        "half precision is emulated and slow)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.bench_precision is None:

@@ -15,6 +15,7 @@ What it measures, on the same synthetic shard of short-read frames (~50 aa) in t
   packing efficiency (real tokens / (batches x budget)).
 The model is loaded once and warmed up before either measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,17 +111,24 @@ def spot_check(encoder, out_dir: Path, by_id: dict[str, str], n: int = 256) -> d
     want = []
     with torch.inference_mode():
         for start in range(0, rows.size, 32):
-            toks = [encoder.tokenizer.encode(by_id[i]) for i in es.ids[rows[start:start + 32]]]
+            toks = [encoder.tokenizer.encode(by_id[i]) for i in es.ids[rows[start : start + 32]]]
             cu = np.zeros(len(toks) + 1, dtype=np.int32)
             np.cumsum([t.size for t in toks], out=cu[1:])
             device = next(encoder.parameters()).device
-            out = encoder.embed_packed(torch.from_numpy(np.concatenate(toks)).to(device),
-                                       torch.from_numpy(cu).to(device), int(max(t.size for t in toks)))
+            out = encoder.embed_packed(
+                torch.from_numpy(np.concatenate(toks)).to(device),
+                torch.from_numpy(cu).to(device),
+                int(max(t.size for t in toks)),
+            )
             want.append(out.float().cpu().numpy())
     want = np.concatenate(want)
     cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
-    return {"rows_in_output": len(es), "rows_checked": int(rows.size), "min_cosine": float(cos.min()),
-            "max_abs_diff": float(np.abs(got - want).max())}
+    return {
+        "rows_in_output": len(es),
+        "rows_checked": int(rows.size),
+        "min_cosine": float(cos.min()),
+        "max_abs_diff": float(np.abs(got - want).max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token-budget", type=int, default=None, help="default: the runner's own choice")
     ap.add_argument("--part-size", type=int, default=None, help="default 4096 (32 with --smoke)")
     ap.add_argument("--bare-seconds", type=float, default=None, help="target length of the bare run (25)")
-    ap.add_argument("--runner-seconds", type=float, default=None,
-                    help="cap on the runner's estimated time; frames are reduced to fit (165)")
+    ap.add_argument(
+        "--runner-seconds",
+        type=float,
+        default=None,
+        help="cap on the runner's estimated time; frames are reduced to fit (165)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -156,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     if smoke:
         torch.set_num_threads(1)
     kind = args.kind
-    defaults = {"esm2": ("random:esm2_t6_8M_UR50D", "random:esm2_t36_3B_UR50D"),
-                "dnabert-s": ("random:dnabert-s-tiny", "random:dnabert-s")}
+    defaults = {
+        "esm2": ("random:esm2_t6_8M_UR50D", "random:esm2_t36_3B_UR50D"),
+        "dnabert-s": ("random:dnabert-s-tiny", "random:dnabert-s"),
+    }
     model = args.model or defaults[kind][0 if smoke else 1]
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     frames = args.frames or (120 if smoke else 200_000)
@@ -178,17 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     tokenized = encoder.tokenizer.encode_batch(seqs)
     lengths = np.array([x.size for x in tokenized])
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    budget = choose_token_budget(device_type=device.type, hidden_size=encoder.info.hidden_size,
-                                 dtype_bytes=2 if precision != "fp32" else 4, free_bytes=free,
-                                 override=args.token_budget or (512 if smoke else None))
+    budget = choose_token_budget(
+        device_type=device.type,
+        hidden_size=encoder.info.hidden_size,
+        dtype_bytes=2 if precision != "fp32" else 4,
+        free_bytes=free,
+        override=args.token_budget or (512 if smoke else None),
+    )
     plan = plan_batches(lengths, budget)
     device_batches = []
     for rows in plan:
         parts = [tokenized[r] for r in rows]
         cu = np.zeros(len(parts) + 1, dtype=np.int32)
         np.cumsum([p.size for p in parts], out=cu[1:])
-        device_batches.append((torch.from_numpy(np.concatenate(parts)).to(device),
-                               torch.from_numpy(cu).to(device), int(max(p.size for p in parts))))
+        device_batches.append(
+            (
+                torch.from_numpy(np.concatenate(parts)).to(device),
+                torch.from_numpy(cu).to(device),
+                int(max(p.size for p in parts)),
+            )
+        )
     bare = bare_throughput(encoder, device_batches, device, bare_seconds)
     del device_batches
 
@@ -201,15 +224,31 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="runner_device_"))
     try:
-        shard = write_shard(work / "shard-000.parquet", ids, seqs, "protein" if kind == "esm2" else "nucleotide")
-        cfg = EmbedConfig(encoder=enc_cfg, device=str(device), token_budget=budget, num_workers=None,
-                          part_size=part_size, resume=False, progress=False)
+        shard = write_shard(
+            work / "shard-000.parquet", ids, seqs, "protein" if kind == "esm2" else "nucleotide"
+        )
+        cfg = EmbedConfig(
+            encoder=enc_cfg,
+            device=str(device),
+            token_budget=budget,
+            num_workers=None,
+            part_size=part_size,
+            resume=False,
+            progress=False,
+        )
         t = time.perf_counter()
         try:
             record = embed_shard(shard, None, kind, cfg, work / "out", encoder=encoder)
         except Exception as exc:  # keep the bare numbers and say what failed
-            save(args.out, {"benchmark": "runner_device", "environment": environment_info(),
-                            "bare": bare, "error": f"{type(exc).__name__}: {exc}"})
+            save(
+                args.out,
+                {
+                    "benchmark": "runner_device",
+                    "environment": environment_info(),
+                    "bare": bare,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
             raise
         runner_wall = time.perf_counter() - t
         check = spot_check(encoder, work / "out", dict(zip(ids, seqs)))
@@ -220,19 +259,36 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "runner_device",
         "environment": environment_info(),
-        "config": {"kind": kind, "model": model, "precision": precision, "attention": args.attention,
-                   "backend": encoder.backend, "compile": args.compile, "device": str(device),
-                   "frames_requested": args.frames or (120 if smoke else 200_000), "frames": frames,
-                   "frames_capped_to_fit_time": capped, "token_budget": budget, "part_size": part_size,
-                   "smoke": smoke, "embed_config": asdict(cfg)},
+        "config": {
+            "kind": kind,
+            "model": model,
+            "precision": precision,
+            "attention": args.attention,
+            "backend": encoder.backend,
+            "compile": args.compile,
+            "device": str(device),
+            "frames_requested": args.frames or (120 if smoke else 200_000),
+            "frames": frames,
+            "frames_capped_to_fit_time": capped,
+            "token_budget": budget,
+            "part_size": part_size,
+            "smoke": smoke,
+            "embed_config": asdict(cfg),
+        },
         "model_load_s": round(load_s, 3),
         "bare": {k: round(v, 4) if isinstance(v, float) else v for k, v in bare.items()},
-        "runner": {"wall_s": round(runner_wall, 3), "tokens": stage["tokens"], "sequences": stage["sequences"],
-                   "tokens_per_s_end_to_end": round(runner_tps, 1),
-                   "tokens_per_s_embed_loop": stage["tokens_per_s"],
-                   "device_idle_fraction": stage["device_idle_fraction"],
-                   "packing_efficiency": stage["packing_efficiency"], "batches": stage["batches"],
-                   "num_workers": stage["num_workers"], "timings": stage["timings"]},
+        "runner": {
+            "wall_s": round(runner_wall, 3),
+            "tokens": stage["tokens"],
+            "sequences": stage["sequences"],
+            "tokens_per_s_end_to_end": round(runner_tps, 1),
+            "tokens_per_s_embed_loop": stage["tokens_per_s"],
+            "device_idle_fraction": stage["device_idle_fraction"],
+            "packing_efficiency": stage["packing_efficiency"],
+            "batches": stage["batches"],
+            "num_workers": stage["num_workers"],
+            "timings": stage["timings"],
+        },
         "spot_check_vs_direct_forward": check,
         "ratio_end_to_end_vs_bare": round(runner_tps / bare["tokens_per_s"], 4),
         "ratio_embed_loop_vs_bare": round((stage["tokens_per_s"] or 0) / bare["tokens_per_s"], 4),
@@ -245,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("device", f"{results['environment'].get('device_name')} ({device})"),
         ("model / precision / backend", f"{model} / {precision} / {encoder.backend}"),
-        ("frames / tokens", f"{stage['sequences']:,} / {stage['tokens']:,}" + (" (capped)" if capped else "")),
+        (
+            "frames / tokens",
+            f"{stage['sequences']:,} / {stage['tokens']:,}" + (" (capped)" if capped else ""),
+        ),
         ("token budget / batches", f"{budget} / {stage['batches']}"),
         ("packing efficiency", f"{100 * stage['packing_efficiency']:.2f} %"),
         ("bare model tok/s", f"{bare['tokens_per_s']:,.0f} ({bare['batches']} batches)"),

@@ -24,6 +24,7 @@ JSON (``--out``): ``{"schema": "virnucpro.scaling/1", "run_id", "started_at", "f
 {...}, "results": [{model, kind, n_gpus, gpus, tokens, sequences, seconds, tokens_per_s, speedup,
 efficiency, max_worker_seconds, startup_seconds, wall_seconds, precision, retries}], "runs": [...]}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -137,28 +138,46 @@ def run_one(kind: str, model: str, table, n: int, gpus: list[int] | None, args, 
     shard_dir = work / f"shards-{kind}-n{n}"
     shards = write_table_shards(table, n, shard_dir)  # the pipeline's sharding rule
     cfg = EmbedConfig(
-        encoder=EncoderConfig(model=model, precision=args.precision, attention=args.attention,
-                              compile=args.compile),
-        device="cuda" if gpus else "cpu", token_budget=args.token_budget, num_workers=args.loader_workers,
-        part_size=args.part_size, progress=False,
+        encoder=EncoderConfig(
+            model=model, precision=args.precision, attention=args.attention, compile=args.compile
+        ),
+        device="cuda" if gpus else "cpu",
+        token_budget=args.token_budget,
+        num_workers=args.loader_workers,
+        part_size=args.part_size,
+        progress=False,
     )
     out_root = work / f"emb-{kind}-n{n}"
     barrier = multiprocessing.get_context("spawn").Barrier(n)
     started = time.time()
-    summary = embed_all(shards, None, kind, cfg, gpus[:n] if gpus else None, out_root,
-                        n_workers=None if gpus else n, cpu_threads=1,  # equal CPU per worker at every n
-                        initializer=functools.partial(_start_line, barrier))
+    summary = embed_all(
+        shards,
+        None,
+        kind,
+        cfg,
+        gpus[:n] if gpus else None,
+        out_root,
+        n_workers=None if gpus else n,
+        cpu_threads=1,  # equal CPU per worker at every n
+        initializer=functools.partial(_start_line, barrier),
+    )
     wall = time.time() - started
     workers = summary["workers"]
     seconds = summary["embed_window_seconds"] or max(w["embed_seconds"] for w in workers)
     row = {
-        "model": model, "kind": kind, "n_gpus": n, "gpus": [w["device"] for w in workers],
-        "tokens": summary["tokens"], "sequences": summary["sequences"],
+        "model": model,
+        "kind": kind,
+        "n_gpus": n,
+        "gpus": [w["device"] for w in workers],
+        "tokens": summary["tokens"],
+        "sequences": summary["sequences"],
         "seconds": round(seconds, 3),
         "tokens_per_s": round(summary["tokens"] / seconds, 1) if seconds else None,
         "max_worker_seconds": round(max(w["embed_seconds"] for w in workers), 3),
         "startup_seconds": round(max(w["seconds"] - w["embed_seconds"] for w in workers), 3),
-        "wall_seconds": round(wall, 3), "precision": args.precision, "retries": summary["retries"],
+        "wall_seconds": round(wall, 3),
+        "precision": args.precision,
+        "retries": summary["retries"],
         "worker_tokens": [w["tokens"] for w in workers],
     }
     if not args.keep:
@@ -170,13 +189,22 @@ def run_one(kind: str, model: str, table, n: int, gpus: list[int] | None, args, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
-    p.add_argument("--gpus", default=None, help="physical GPU indices to use, e.g. 0,1,2,3 (default: all visible)")
+    p.add_argument(
+        "--gpus", default=None, help="physical GPU indices to use, e.g. 0,1,2,3 (default: all visible)"
+    )
     p.add_argument("--max-gpus", type=int, default=None, help="use at most this many visible GPUs")
-    p.add_argument("--counts", default=None, help="GPU counts to run, e.g. 1,2,4 (default: 1,2,4,... up to all)")
+    p.add_argument(
+        "--counts", default=None, help="GPU counts to run, e.g. 1,2,4 (default: 1,2,4,... up to all)"
+    )
     p.add_argument("--models", default="esm2,dnabert-s", help="kinds to run: esm2, dnabert-s")
     p.add_argument("--esm-model", default=None)
     p.add_argument("--dnabert-model", default=None)
-    p.add_argument("--esm-frames", type=int, default=None, help="synthetic frames for ESM-2 (3B default: ~50 s on 1 H200)")
+    p.add_argument(
+        "--esm-frames",
+        type=int,
+        default=None,
+        help="synthetic frames for ESM-2 (3B default: ~50 s on 1 H200)",
+    )
     p.add_argument("--dnabert-frames", type=int, default=None)
     p.add_argument("--precision", default=None, help="fp16 (GPU default) | bf16 | fp32 (smoke default)")
     p.add_argument("--attention", default="auto")
@@ -204,20 +232,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device visible; use --smoke for the CPU check")
-        gpus = ([int(g) for g in args.gpus.split(",")] if args.gpus
-                else list(range(torch.cuda.device_count())))
+        gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else list(range(torch.cuda.device_count()))
         if args.max_gpus:
-            gpus = gpus[:args.max_gpus]
+            gpus = gpus[: args.max_gpus]
         n_visible = len(gpus)
     counts = gpu_counts(n_visible, args.counts)
     models = {"esm2": args.esm_model, "dnabert-s": args.dnabert_model}
     frames = {"esm2": args.esm_frames, "dnabert-s": args.dnabert_frames}
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
 
-    config = {"smoke": args.smoke, "gpus": gpus, "counts": counts, "precision": args.precision,
-              "attention": args.attention, "compile": args.compile, "token_budget": args.token_budget,
-              "part_size": args.part_size, "seed": args.seed,
-              "frames": {k: frames[k] or defaults[k]["frames"] for k in kinds}}
+    config = {
+        "smoke": args.smoke,
+        "gpus": gpus,
+        "counts": counts,
+        "precision": args.precision,
+        "attention": args.attention,
+        "compile": args.compile,
+        "token_budget": args.token_budget,
+        "part_size": args.part_size,
+        "seed": args.seed,
+        "frames": {k: frames[k] or defaults[k]["frames"] for k in kinds},
+    }
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
 
@@ -225,9 +260,17 @@ def main(argv: list[str] | None = None) -> int:
         # Written after every run, so a run cut short by a time limit still leaves its results.
         from pipeline.core.atomic import atomic_write_text
 
-        doc = {"schema": SCHEMA, "run_id": run_id, "started_at": started_at, "finished_at": utc_now(),
-               "environment": environment, "config": config,
-               "goal": {"speedup_2": 1.95, "speedup_4": 3.85}, "results": rows, "runs": runs}
+        doc = {
+            "schema": SCHEMA,
+            "run_id": run_id,
+            "started_at": started_at,
+            "finished_at": utc_now(),
+            "environment": environment,
+            "config": config,
+            "goal": {"speedup_2": 1.95, "speedup_4": 3.85},
+            "results": rows,
+            "runs": runs,
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, json.dumps(doc, indent=1, default=str))
 
@@ -248,35 +291,54 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_one(kind, model, table, n, gpus, args, work)
                 except Exception as exc:  # noqa: BLE001 - record it and go on with the other runs
                     print(f"[scaling]   FAILED: {type(exc).__name__}: {exc}", flush=True)
-                    rows.append({"model": model, "kind": kind, "n_gpus": n, "tokens": None, "seconds": None,
-                                 "tokens_per_s": None, "speedup": None, "efficiency": None,
-                                 "error": f"{type(exc).__name__}: {exc}"})
+                    rows.append(
+                        {
+                            "model": model,
+                            "kind": kind,
+                            "n_gpus": n,
+                            "tokens": None,
+                            "seconds": None,
+                            "tokens_per_s": None,
+                            "speedup": None,
+                            "efficiency": None,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                    )
                     write(light_env)
                     continue
                 row = res["row"]
                 if n == 1:
                     base = row["tokens_per_s"]
-                row["speedup"] = round(row["tokens_per_s"] / base, 3) if base and row["tokens_per_s"] else None
+                row["speedup"] = (
+                    round(row["tokens_per_s"] / base, 3) if base and row["tokens_per_s"] else None
+                )
                 row["efficiency"] = round(row["speedup"] / n, 3) if row["speedup"] else None
                 rows.append(row)
                 runs.append(res["summary"])
                 write(light_env)
-                print(f"[scaling]   {row['tokens_per_s']} tok/s over {row['seconds']} s "
-                      f"(speedup {row['speedup']}, wall {row['wall_seconds']} s)", flush=True)
+                print(
+                    f"[scaling]   {row['tokens_per_s']} tok/s over {row['seconds']} s "
+                    f"(speedup {row['speedup']}, wall {row['wall_seconds']} s)",
+                    flush=True,
+                )
     finally:
         if work_ctx:
             work_ctx.cleanup()
     write(environment_info())
 
-    print(f"\n{'model':<28} {'n':>2} {'tokens':>10} {'embed s':>8} {'tok/s':>11} {'speedup':>7} "
-          f"{'eff':>5} {'startup s':>9} {'wall s':>7}")
+    print(
+        f"\n{'model':<28} {'n':>2} {'tokens':>10} {'embed s':>8} {'tok/s':>11} {'speedup':>7} "
+        f"{'eff':>5} {'startup s':>9} {'wall s':>7}"
+    )
     for r in rows:
         if r.get("error"):
             print(f"{r['model']:<28} {r['n_gpus']:>2}  FAILED: {r['error'][:80]}")
             continue
-        print(f"{r['model']:<28} {r['n_gpus']:>2} {r['tokens']:>10} {r['seconds']:>8.2f} "
-              f"{r['tokens_per_s'] or 0:>11.1f} {r['speedup'] or 0:>7.3f} {r['efficiency'] or 0:>5.2f} "
-              f"{r['startup_seconds']:>9.2f} {r['wall_seconds']:>7.2f}")
+        print(
+            f"{r['model']:<28} {r['n_gpus']:>2} {r['tokens']:>10} {r['seconds']:>8.2f} "
+            f"{r['tokens_per_s'] or 0:>11.1f} {r['speedup'] or 0:>7.3f} {r['efficiency'] or 0:>5.2f} "
+            f"{r['startup_seconds']:>9.2f} {r['wall_seconds']:>7.2f}"
+        )
     return 1 if any(r.get("error") for r in rows) else 0
 
 

@@ -14,6 +14,7 @@ Files (all tab-separated, written atomically):
 - ``record_summary.tsv`` (new) - per input record, in input order: ``record_id``, ``chunks``,
   ``chunks_with_frames``, ``viral_chunks``, ``max_virus_score``, ``call``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,9 @@ def chunk_number(chunk_id: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def write_predictions(ids: Sequence[str], score_others: np.ndarray, score_virus: np.ndarray,
-                      path: str | Path) -> Path:
+def write_predictions(
+    ids: Sequence[str], score_others: np.ndarray, score_virus: np.ndarray, path: str | Path
+) -> Path:
     """Write ``prediction_results.txt`` (rows in the given order)."""
     s1 = np.asarray(score_others, dtype=np.float32)
     s2 = np.asarray(score_virus, dtype=np.float32)
@@ -82,9 +84,11 @@ def write_predictions(ids: Sequence[str], score_others: np.ndarray, score_virus:
             # an f-string would print the float64 expansion instead (0.10000000149011612).
             t1 = s1[start:stop].astype(str)
             t2 = s2[start:stop].astype(str)
-            fh.write("".join(
-                f"{ids[start + j]}\t{lab[start + j]}\t{t1[j]}\t{t2[j]}\n" for j in range(stop - start)
-            ))
+            fh.write(
+                "".join(
+                    f"{ids[start + j]}\t{lab[start + j]}\t{t1[j]}\t{t2[j]}\n" for j in range(stop - start)
+                )
+            )
     return out
 
 
@@ -96,13 +100,16 @@ def consensus(ids: Sequence[str], score_others: np.ndarray, score_virus: np.ndar
     """
     import pandas as pd
 
-    frame = pd.DataFrame({
-        "Modified_ID": pd.Series([chunk_of(i) for i in ids], dtype=object),
-        "score1": np.asarray(score_others, dtype=np.float32),
-        "score2": np.asarray(score_virus, dtype=np.float32),
-    })
-    grouped = frame.groupby("Modified_ID", sort=True).agg(max_score1=("score1", "max"),
-                                                          max_score2=("score2", "max"))
+    frame = pd.DataFrame(
+        {
+            "Modified_ID": pd.Series([chunk_of(i) for i in ids], dtype=object),
+            "score1": np.asarray(score_others, dtype=np.float32),
+            "score2": np.asarray(score_virus, dtype=np.float32),
+        }
+    )
+    grouped = frame.groupby("Modified_ID", sort=True).agg(
+        max_score1=("score1", "max"), max_score2=("score2", "max")
+    )
     grouped["Is_Virus"] = grouped["max_score2"] >= grouped["max_score1"]
     return grouped.reset_index()[["Modified_ID", "Is_Virus", "max_score1", "max_score2"]]
 
@@ -116,7 +123,8 @@ def write_highestscore(table: pd.DataFrame, path: str | Path) -> Path:
             fh.write(HIGHESTSCORE_HEADER)
         else:
             table[["Modified_ID", "Is_Virus"]].astype({"Is_Virus": bool}).to_csv(
-                fh, sep="\t", index=False, lineterminator="\n")
+                fh, sep="\t", index=False, lineterminator="\n"
+            )
     return out
 
 
@@ -134,8 +142,9 @@ def chunk_ids(prepared_dir: str | Path) -> list[str] | None:
     return out
 
 
-def chunk_table(ids: Sequence[str], score_others: np.ndarray, score_virus: np.ndarray,
-                chunks: Sequence[str] | None = None) -> pd.DataFrame:
+def chunk_table(
+    ids: Sequence[str], score_others: np.ndarray, score_virus: np.ndarray, chunks: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per chunk, in input order (chunks without a kept frame included when ``chunks`` is given).
 
     Columns: ``record_id``, ``chunk_id``, ``chunk_index`` (1-based, from the id), ``frames``,
@@ -162,8 +171,9 @@ def chunk_table(ids: Sequence[str], score_others: np.ndarray, score_virus: np.nd
             f"{len(unknown)} scored chunk(s) are not in chunked.fa, e.g. {sorted(unknown)[:5]}; the scores "
             "belong to another prepared directory"
         )
-    return table[["record_id", "chunk_id", "chunk_index", "frames", "max_score_others",
-                  "max_score_virus", "is_virus"]]
+    return table[
+        ["record_id", "chunk_id", "chunk_index", "frames", "max_score_others", "max_score_virus", "is_virus"]
+    ]
 
 
 def record_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -178,21 +188,30 @@ def record_summary(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in SUMMARY_COLUMNS})
     work = table.assign(scored=table["frames"] > 0)
     agg = work.groupby("record_id", sort=False).agg(
-        chunks=("chunk_id", "size"), chunks_with_frames=("scored", "sum"),
-        viral_chunks=("is_virus", "sum"), best=("max_score_virus", "max"))
+        chunks=("chunk_id", "size"),
+        chunks_with_frames=("scored", "sum"),
+        viral_chunks=("is_virus", "sum"),
+        best=("max_score_virus", "max"),
+    )
     best = agg["best"].to_numpy(dtype=np.float32)
     has_best = ~np.isnan(best)
     text = np.where(has_best, best.astype(str), "")
-    call = np.select([agg["chunks_with_frames"].to_numpy() == 0, agg["viral_chunks"].to_numpy() > 0],
-                     ["no_frames", "virus"], default="others")
-    return pd.DataFrame({
-        "record_id": agg.index.to_numpy(dtype=object),
-        "chunks": agg["chunks"].to_numpy(dtype=np.int64),
-        "chunks_with_frames": agg["chunks_with_frames"].to_numpy(dtype=np.int64),
-        "viral_chunks": agg["viral_chunks"].to_numpy(dtype=np.int64),
-        "max_virus_score": text,
-        "call": call,
-    }, columns=list(SUMMARY_COLUMNS))
+    call = np.select(
+        [agg["chunks_with_frames"].to_numpy() == 0, agg["viral_chunks"].to_numpy() > 0],
+        ["no_frames", "virus"],
+        default="others",
+    )
+    return pd.DataFrame(
+        {
+            "record_id": agg.index.to_numpy(dtype=object),
+            "chunks": agg["chunks"].to_numpy(dtype=np.int64),
+            "chunks_with_frames": agg["chunks_with_frames"].to_numpy(dtype=np.int64),
+            "viral_chunks": agg["viral_chunks"].to_numpy(dtype=np.int64),
+            "max_virus_score": text,
+            "call": call,
+        },
+        columns=list(SUMMARY_COLUMNS),
+    )
 
 
 def write_summary(summary: pd.DataFrame, path: str | Path) -> Path:
@@ -225,18 +244,35 @@ def merge(scores_path: str | Path, prepared_dir: str | Path, out_dir: str | Path
     out = Path(out_dir)
     ids, s1, s2 = read_scores(scores_path)
     if not ids:
-        log.warning("no frame survived six-frame translation (every frame has a stop codon or the input "
-                    "is shorter than a codon); writing header-only outputs to %s", out)
+        log.warning(
+            "no frame survived six-frame translation (every frame has a stop codon or the input "
+            "is shorter than a codon); writing header-only outputs to %s",
+            out,
+        )
     predictions = write_predictions(ids, s1, s2, out / PREDICTIONS_FILE)
     cons = consensus(ids, s1, s2)
     highest = write_highestscore(cons, out / HIGHESTSCORE_FILE)
     table = chunk_table(ids, s1, s2, chunk_ids(prepared_dir))
     summary = write_summary(record_summary(table), out / SUMMARY_FILE)
-    log.info("merged %d frames into %d chunk calls (%d viral)", len(ids), len(cons),
-             int(cons["Is_Virus"].sum()) if len(cons) else 0)
+    log.info(
+        "merged %d frames into %d chunk calls (%d viral)",
+        len(ids),
+        len(cons),
+        int(cons["Is_Virus"].sum()) if len(cons) else 0,
+    )
     return {"predictions": predictions, "highestscore": highest, "summary": summary}
 
 
-__all__ = ["HIGHESTSCORE_FILE", "PREDICTIONS_FILE", "SUMMARY_FILE", "chunk_table", "consensus",
-           "format_score", "merge", "read_scores", "record_summary", "write_highestscore",
-           "write_predictions"]
+__all__ = [
+    "HIGHESTSCORE_FILE",
+    "PREDICTIONS_FILE",
+    "SUMMARY_FILE",
+    "chunk_table",
+    "consensus",
+    "format_score",
+    "merge",
+    "read_scores",
+    "record_summary",
+    "write_highestscore",
+    "write_predictions",
+]

@@ -17,6 +17,7 @@ Formats:
   records input widths, the embedding models and the chunk size used in training.
 - ``random`` (or ``random:<seed>``): seeded random weights for demos and tests; scores mean nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,15 @@ DEFAULT_PROTEIN_DIM = 2560
 # __main__; the other names cover copies of the class imported from the original's scripts.
 ORIGINAL_MODULES = ("__main__", "train", "prediction", "units")
 _STATE_KEYS = (
-    "hidden_layer.weight", "hidden_layer.bias",
-    "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
-    "output_layer.weight", "output_layer.bias",
+    "hidden_layer.weight",
+    "hidden_layer.bias",
+    "bn1.weight",
+    "bn1.bias",
+    "bn1.running_mean",
+    "bn1.running_var",
+    "bn1.num_batches_tracked",
+    "output_layer.weight",
+    "output_layer.bias",
 )
 
 
@@ -87,8 +94,12 @@ class MLPClassifier(nn.Module):
     Column 0 is "others", column 1 is "virus" (the original's label map).
     """
 
-    def __init__(self, input_dim: int = DEFAULT_DNA_DIM + DEFAULT_PROTEIN_DIM,
-                 hidden_dim: int = HIDDEN_DIM, num_class: int = NUM_CLASSES) -> None:
+    def __init__(
+        self,
+        input_dim: int = DEFAULT_DNA_DIM + DEFAULT_PROTEIN_DIM,
+        hidden_dim: int = HIDDEN_DIM,
+        num_class: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
         self.hidden_layer = nn.Linear(input_dim, hidden_dim)
         self.bn1 = nn.BatchNorm1d(hidden_dim)
@@ -128,8 +139,12 @@ def random_classifier(input_dim: int, seed: int = 0) -> MLPClassifier:
         model = MLPClassifier(input_dim)
     finally:
         torch.random.set_rng_state(gen_state)
-    model.meta = ClassifierMeta(source="random", path=None, input_dim=input_dim,
-                                extra={"seed": seed, "note": "random weights, not biologically meaningful"})
+    model.meta = ClassifierMeta(
+        source="random",
+        path=None,
+        input_dim=input_dim,
+        extra={"seed": seed, "note": "random weights, not biologically meaningful"},
+    )
     return model.eval()
 
 
@@ -154,8 +169,9 @@ def _from_state_dict(state: Mapping[str, Any], where: str) -> MLPClassifier:
         raise ModelLoadError(f"{where} has {num_class} output classes; VirNucPro classifiers have 2")
     model = MLPClassifier(int(input_dim), int(hidden_dim), NUM_CLASSES)
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                              strict=False)
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False
+        )
     except RuntimeError as exc:
         raise ModelLoadError(f"{where}: weights do not fit the MLP ({exc})") from None
     return model
@@ -175,8 +191,17 @@ def _load_pth(path: Path) -> MLPClassifier:
         # torch's message wraps the useful line (the refused global, e.g. "posix.system", or the
         # unpickler's complaint) in advice to retry unsafely; keep only the useful line.
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line
-                       or "global" in line.lower() and "weights_only" not in line), "not a torch checkpoint")
+        detail = next(
+            (
+                line
+                for line in lines
+                if "GLOBAL" in line
+                or "Unsupported" in line
+                or "global" in line.lower()
+                and "weights_only" not in line
+            ),
+            "not a torch checkpoint",
+        )
         raise ModelLoadError(
             f"refused to load {path}: it is not a plain VirNucPro MLPClassifier pickle and loading it "
             f"could run code ({detail.strip()}); only the original 300_model.pth/500_model.pth "
@@ -194,8 +219,12 @@ def _load_pth(path: Path) -> MLPClassifier:
     else:
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a VirNucPro MLPClassifier")
     model = _from_state_dict(state, str(path))
-    model.meta = ClassifierMeta(source="virnucpro-pth", path=str(path), input_dim=model.input_dim,
-                                hidden_dim=model.hidden_layer.out_features)
+    model.meta = ClassifierMeta(
+        source="virnucpro-pth",
+        path=str(path),
+        input_dim=model.input_dim,
+        hidden_dim=model.hidden_layer.out_features,
+    )
     return model
 
 
@@ -207,9 +236,11 @@ def _load_safetensors(path: Path) -> MLPClassifier:
             header = fh.metadata() or {}
             state = {key: fh.get_tensor(key) for key in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read classifier {path} as safetensors ({exc}); give the original "
-                             "300_model.pth / 500_model.pth, a .safetensors file written by `virnucpro train`, "
-                             "or 'random'") from None
+        raise ModelLoadError(
+            f"cannot read classifier {path} as safetensors ({exc}); give the original "
+            "300_model.pth / 500_model.pth, a .safetensors file written by `virnucpro train`, "
+            "or 'random'"
+        ) from None
     if header.get("format") != FORMAT:
         raise ModelLoadError(
             f"{path} is a safetensors file but not a VirNucPro classifier (format="
@@ -221,10 +252,14 @@ def _load_safetensors(path: Path) -> MLPClassifier:
         raise ModelLoadError(f"{path}: classifier header is not valid JSON ({exc})") from None
     model = _from_state_dict(state, str(path))
     model.meta = ClassifierMeta(
-        source="safetensors", path=str(path), input_dim=model.input_dim,
+        source="safetensors",
+        path=str(path),
+        input_dim=model.input_dim,
         hidden_dim=model.hidden_layer.out_features,
-        dna_dim=info.get("dna_dim"), protein_dim=info.get("protein_dim"),
-        models=dict(info.get("models") or {}), chunk_size=info.get("chunk_size"),
+        dna_dim=info.get("dna_dim"),
+        protein_dim=info.get("protein_dim"),
+        models=dict(info.get("models") or {}),
+        chunk_size=info.get("chunk_size"),
         extra=dict(info.get("extra") or {}),
     )
     return model
@@ -249,11 +284,15 @@ def load_classifier(spec: str | Path, input_dim: int | None = None) -> MLPClassi
         try:
             seed = int(seed_text)
         except ValueError:
-            raise ModelLoadError(f"classifier {text!r}: the seed after 'random:' must be an integer") from None
+            raise ModelLoadError(
+                f"classifier {text!r}: the seed after 'random:' must be an integer"
+            ) from None
         return random_classifier(input_dim, seed)
     path = Path(text)
     if not path.is_file():
-        raise ModelLoadError(f"classifier file {path} does not exist; give a .pth, a .safetensors or 'random'")
+        raise ModelLoadError(
+            f"classifier file {path} does not exist; give a .pth, a .safetensors or 'random'"
+        )
     if path.suffix == ".safetensors":
         model = _load_safetensors(path)
     elif path.suffix in {".pth", ".pt", ".pkl", ".bin"}:
@@ -276,9 +315,16 @@ def load_classifier(spec: str | Path, input_dim: int | None = None) -> MLPClassi
     return model.eval()
 
 
-def save_classifier(model: MLPClassifier, path: str | Path, *, dna_dim: int | None = None,
-                    protein_dim: int | None = None, models: Mapping[str, str] | None = None,
-                    chunk_size: int | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+def save_classifier(
+    model: MLPClassifier,
+    path: str | Path,
+    *,
+    dna_dim: int | None = None,
+    protein_dim: int | None = None,
+    models: Mapping[str, str] | None = None,
+    chunk_size: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model`` as a project ``.safetensors`` file (atomically) and return its path."""
     from safetensors.torch import save_file
 
@@ -286,9 +332,15 @@ def save_classifier(model: MLPClassifier, path: str | Path, *, dna_dim: int | No
         raise ModelLoadError(
             f"dna_dim {dna_dim} + protein_dim {protein_dim} != classifier input width {model.input_dim}"
         )
-    meta = {"dna_dim": dna_dim, "protein_dim": protein_dim, "input_dim": model.input_dim,
-            "hidden_dim": model.hidden_layer.out_features, "models": dict(models or {}),
-            "chunk_size": chunk_size, "extra": dict(extra or {})}
+    meta = {
+        "dna_dim": dna_dim,
+        "protein_dim": protein_dim,
+        "input_dim": model.input_dim,
+        "hidden_dim": model.hidden_layer.out_features,
+        "models": dict(models or {}),
+        "chunk_size": chunk_size,
+        "extra": dict(extra or {}),
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     out = Path(path)
     with atomic_path(out) as tmp:
@@ -301,5 +353,11 @@ def meta_dict(model: MLPClassifier) -> dict[str, Any]:
     return asdict(model.meta)
 
 
-__all__ = ["ClassifierMeta", "MLPClassifier", "load_classifier", "meta_dict", "random_classifier",
-           "save_classifier"]
+__all__ = [
+    "ClassifierMeta",
+    "MLPClassifier",
+    "load_classifier",
+    "meta_dict",
+    "random_classifier",
+    "save_classifier",
+]

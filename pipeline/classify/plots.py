@@ -7,6 +7,7 @@ original it maps chunks to records on the last ``_chunk_`` (record ids may conta
 the run's chunk size instead of a fixed 500, and plots P(virus) rather than the winning class's score
 so that low and high values read the same way in every panel.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,14 @@ VIRUS_COLOR = "red"
 OTHERS_COLOR = "darkblue"
 
 
-def plot_record_scores(table: pd.DataFrame, *, records: Sequence[str] | None = None, max_records: int = 5,
-                       chunk_size: int = 500, path: str | Path | None = None) -> bytes:
+def plot_record_scores(
+    table: pd.DataFrame,
+    *,
+    records: Sequence[str] | None = None,
+    max_records: int = 5,
+    chunk_size: int = 500,
+    path: str | Path | None = None,
+) -> bytes:
     """Render the plot as PNG bytes (and write them to ``path`` when given).
 
     Args:
@@ -51,8 +58,13 @@ def plot_record_scores(table: pd.DataFrame, *, records: Sequence[str] | None = N
         rows = scored[scored["record_id"] == record]
         for idx, score, viral in zip(rows["chunk_index"], rows["max_score_virus"], rows["is_virus"]):
             start = (int(idx) - 1) * chunk_size
-            ax.plot([start, start + chunk_size], [float(score), float(score)], linewidth=2.5,
-                    color=VIRUS_COLOR if viral else OTHERS_COLOR, solid_capstyle="butt")
+            ax.plot(
+                [start, start + chunk_size],
+                [float(score), float(score)],
+                linewidth=2.5,
+                color=VIRUS_COLOR if viral else OTHERS_COLOR,
+                solid_capstyle="butt",
+            )
         ax.axhline(0.5, color="lightgray", linewidth=0.8, linestyle="--", zorder=0)
         ax.set_title(str(record), fontsize=11, fontweight="bold", loc="left")
         ax.set_ylim(-0.02, 1.05)
@@ -71,8 +83,14 @@ def plot_record_scores(table: pd.DataFrame, *, records: Sequence[str] | None = N
     return data
 
 
-def plot_run(run_dir: str | Path, *, records: Sequence[str] | None = None, max_records: int = 5,
-             chunk_size: int | None = None, path: str | Path | None = None) -> bytes:
+def plot_run(
+    run_dir: str | Path,
+    *,
+    records: Sequence[str] | None = None,
+    max_records: int = 5,
+    chunk_size: int | None = None,
+    path: str | Path | None = None,
+) -> bytes:
     """`plot_record_scores` for a finished predict output directory (``frame_scores.parquet`` +
     ``chunked.fa``); the chunk size defaults to the one in ``run_record.json`` (else 500)."""
     import json
@@ -87,7 +105,9 @@ def plot_run(run_dir: str | Path, *, records: Sequence[str] | None = None, max_r
             chunk_size = int(json.loads(record.read_text()).get("config", {}).get("chunk_size", 500))
     ids, s1, s2 = read_scores(root / "frame_scores.parquet")
     table = chunk_table(ids, s1, s2, chunk_ids(root))
-    return plot_record_scores(table, records=records, max_records=max_records, chunk_size=chunk_size, path=path)
+    return plot_record_scores(
+        table, records=records, max_records=max_records, chunk_size=chunk_size, path=path
+    )
 
 
 __all__ = ["plot_record_scores", "plot_run"]

@@ -5,6 +5,7 @@ by id, never by position. A frame id that is missing from either set, appears tw
 embedding whose id is not a frame of the prepared directory means the outputs do not belong together:
 that fails with `OutputIntegrityError` instead of silently scoring the wrong pairs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,9 @@ def frame_ids(prepared_dir: str | Path) -> list[str]:
         return [str(x) for x in pq.read_table(index, columns=["id"]).column("id").to_pylist()]
     faa = prepared / "protein.faa"
     if not faa.is_file():
-        raise InputError(f"{prepared} has neither frames.parquet nor protein.faa; run `virnucpro prepare` first")
+        raise InputError(
+            f"{prepared} has neither frames.parquet nor protein.faa; run `virnucpro prepare` first"
+        )
     ids: list[str] = []
     with open(faa, encoding="utf-8") as fh:
         for line in fh:
@@ -83,9 +86,16 @@ def join_positions(frames: Sequence[str], ids: Sequence[str], what: str) -> np.n
     return pos.astype(np.int64)
 
 
-def score_frames(frames: Sequence[str], dna_ids: Sequence[str], dna_vectors: np.ndarray,
-                 protein_ids: Sequence[str], protein_vectors: np.ndarray, model: MLPClassifier, *,
-                 device: str = "cpu") -> np.ndarray:
+def score_frames(
+    frames: Sequence[str],
+    dna_ids: Sequence[str],
+    dna_vectors: np.ndarray,
+    protein_ids: Sequence[str],
+    protein_vectors: np.ndarray,
+    model: MLPClassifier,
+    *,
+    device: str = "cpu",
+) -> np.ndarray:
     """Softmax scores per frame, in ``frames`` order.
 
     Args:
@@ -114,14 +124,20 @@ def score_frames(frames: Sequence[str], dna_ids: Sequence[str], dna_vectors: np.
         for start in range(0, n, _BATCH):
             stop = min(start + _BATCH, n)
             # DNA first, then protein: the order the original concatenates in.
-            x = np.concatenate([np.asarray(dna_vectors[dna_pos[start:stop]], dtype=np.float32),
-                                np.asarray(protein_vectors[prot_pos[start:stop]], dtype=np.float32)], axis=1)
+            x = np.concatenate(
+                [
+                    np.asarray(dna_vectors[dna_pos[start:stop]], dtype=np.float32),
+                    np.asarray(protein_vectors[prot_pos[start:stop]], dtype=np.float32),
+                ],
+                axis=1,
+            )
             logits = model(torch.from_numpy(x).to(device))
             out[start:stop] = torch.softmax(logits.float(), dim=1).cpu().numpy()
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
         raise NumericalError(
-            f"{int(bad.sum())} frame(s) got NaN/Inf scores, e.g. {[frames[i] for i in np.flatnonzero(bad)[:_SHOW]]}; "
+            f"{int(bad.sum())} frame(s) got NaN/Inf scores, "
+            f"e.g. {[frames[i] for i in np.flatnonzero(bad)[:_SHOW]]}; "
             "the embeddings contain NaN/Inf - rerun embedding in fp32 or bf16 (--precision)"
         )
     return out
@@ -132,11 +148,17 @@ def write_scores(frames: Sequence[str], scores: np.ndarray, out_path: str | Path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "id": pa.array(list(frames), type=pa.string()),
-        "score_others": pa.array(scores[:, 0] if len(scores) else np.empty(0, np.float32), type=pa.float32()),
-        "score_virus": pa.array(scores[:, 1] if len(scores) else np.empty(0, np.float32), type=pa.float32()),
-    })
+    table = pa.table(
+        {
+            "id": pa.array(list(frames), type=pa.string()),
+            "score_others": pa.array(
+                scores[:, 0] if len(scores) else np.empty(0, np.float32), type=pa.float32()
+            ),
+            "score_virus": pa.array(
+                scores[:, 1] if len(scores) else np.empty(0, np.float32), type=pa.float32()
+            ),
+        }
+    )
     out = Path(out_path)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
@@ -149,9 +171,15 @@ def _open(dirs: Sequence[str | Path]):
     return open_embeddings([Path(d) for d in dirs])
 
 
-def classify(prepared_dir: str | Path, dnabert_dirs: Sequence[str | Path], esm_dirs: Sequence[str | Path],
-             classifier: MLPClassifier | str | Path, out_path: str | Path, *,
-             device: str = "cpu") -> Path:
+def classify(
+    prepared_dir: str | Path,
+    dnabert_dirs: Sequence[str | Path],
+    esm_dirs: Sequence[str | Path],
+    classifier: MLPClassifier | str | Path,
+    out_path: str | Path,
+    *,
+    device: str = "cpu",
+) -> Path:
     """Score every frame of ``prepared_dir`` and write ``frame_scores.parquet`` in protein.faa order.
 
     Args:
@@ -173,8 +201,9 @@ def classify(prepared_dir: str | Path, dnabert_dirs: Sequence[str | Path], esm_d
 
         width = int(dna.vectors.shape[1]) + int(prot.vectors.shape[1])
         classifier = load_classifier(classifier, width)
-    scores = score_frames(frames, list(dna.ids), dna.vectors, list(prot.ids), prot.vectors, classifier,
-                          device=device)
+    scores = score_frames(
+        frames, list(dna.ids), dna.vectors, list(prot.ids), prot.vectors, classifier, device=device
+    )
     log.info("scored %d frames", len(frames))
     return write_scores(frames, scores, out_path)
 

@@ -11,6 +11,7 @@ it keeps the last epoch's weights), and the model is saved whether or not early 
 `train` works on arrays (testable without any model); `pipeline.run.train.train_from_inputs` embeds
 labelled FASTA files (or reuses run directories) and then calls it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -95,8 +96,13 @@ def binary_metrics(labels: np.ndarray, prob_virus: np.ndarray) -> dict[str, floa
     else:
         ranks = _average_ranks(p)
         auroc = float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return {"accuracy": accuracy, "precision": float(precision), "recall": float(recall),
-            "f1": float(f1), "auroc": auroc}
+    return {
+        "accuracy": accuracy,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auroc": auroc,
+    }
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -113,15 +119,21 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded shuffle, then the first ``int(n * val_fraction)`` indices are held out (the original's split)."""
+    """Seeded shuffle, then the first ``int(n * val_fraction)`` indices are held out (the original's
+    split)."""
     indices = list(range(n))
     random.Random(seed).shuffle(indices)
     split = int(n * val_fraction)
     return indices[split:], indices[:split]
 
 
-def train(features: np.ndarray, labels: np.ndarray, cfg: TrainConfig | None = None, *,
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+def train(
+    features: np.ndarray,
+    labels: np.ndarray,
+    cfg: TrainConfig | None = None,
+    *,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
     """Train an `MLPClassifier`.
 
     Args:
@@ -150,7 +162,9 @@ def train(features: np.ndarray, labels: np.ndarray, cfg: TrainConfig | None = No
         raise InputError("features contain NaN/Inf; re-embed in fp32 or bf16")
     train_idx, val_idx = split_indices(len(y), cfg.val_fraction, cfg.seed)
     if len(val_idx) < 2 or len(train_idx) < 2:
-        raise InputError(f"{len(y)} examples are too few to hold out {cfg.val_fraction:.0%}; give more sequences")
+        raise InputError(
+            f"{len(y)} examples are too few to hold out {cfg.val_fraction:.0%}; give more sequences"
+        )
 
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -183,7 +197,7 @@ def train(features: np.ndarray, labels: np.ndarray, cfg: TrainConfig | None = No
         order = torch.randperm(n_train, generator=gen).to(device)
         total, batches = 0.0, 0
         for start in range(0, n_train, cfg.batch_size):
-            batch = order[start:start + cfg.batch_size]
+            batch = order[start : start + cfg.batch_size]
             if len(batch) < 2:
                 continue  # BatchNorm cannot normalise a single row in training mode
             optimizer.zero_grad()
@@ -193,11 +207,22 @@ def train(features: np.ndarray, labels: np.ndarray, cfg: TrainConfig | None = No
             total += loss.item()
             batches += 1
         val_loss, prob = evaluate()
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(batches, 1),
-               "val_loss": val_loss, **binary_metrics(y[val_idx], prob)}
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": total / max(batches, 1),
+            "val_loss": val_loss,
+            **binary_metrics(y[val_idx], prob),
+        }
         history.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, acc %.4f, auroc %.4f",
-                 epoch, row["train_loss"], val_loss, row["accuracy"], row["auroc"])
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, acc %.4f, auroc %.4f",
+            epoch,
+            row["train_loss"],
+            val_loss,
+            row["accuracy"],
+            row["auroc"],
+        )
         if on_epoch is not None:
             on_epoch(row)
         if val_loss < best_loss - cfg.min_delta:
@@ -213,8 +238,15 @@ def train(features: np.ndarray, labels: np.ndarray, cfg: TrainConfig | None = No
     val_loss, prob = evaluate()
     metrics = {"val_loss": val_loss, **binary_metrics(y[val_idx], prob)}
     model = model.cpu().eval()
-    return TrainResult(model=model, metrics=metrics, history=history, best_epoch=best_epoch,
-                       stopped_early=stopped, n_train=n_train, n_val=len(val_idx))
+    return TrainResult(
+        model=model,
+        metrics=metrics,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopped,
+        n_train=n_train,
+        n_val=len(val_idx),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +263,10 @@ def load_features(run_dir: str | Path) -> tuple[np.ndarray, int, int]:
 
     root = Path(run_dir)
     frames = frame_ids(root)
-    dirs = {kind: sorted(p for p in (root / "embeddings" / kind).glob("*") if p.is_dir())
-            for kind in ("dnabert-s", "esm2")}
+    dirs = {
+        kind: sorted(p for p in (root / "embeddings" / kind).glob("*") if p.is_dir())
+        for kind in ("dnabert-s", "esm2")
+    }
     if not dirs["dnabert-s"] or not dirs["esm2"]:
         raise InputError(f"{root} has no embeddings/dnabert-s and embeddings/esm2; embed it first")
     dna = open_embeddings(dirs["dnabert-s"])
@@ -242,8 +276,10 @@ def load_features(run_dir: str | Path) -> tuple[np.ndarray, int, int]:
         return np.empty((0, d_dna + d_prot), np.float32), d_dna, d_prot
     dpos = join_positions(frames, list(dna.ids), "DNABERT-S")
     ppos = join_positions(frames, list(prot.ids), "ESM-2")
-    feats = np.concatenate([np.asarray(dna.vectors[dpos], dtype=np.float32),
-                            np.asarray(prot.vectors[ppos], dtype=np.float32)], axis=1)
+    feats = np.concatenate(
+        [np.asarray(dna.vectors[dpos], dtype=np.float32), np.asarray(prot.vectors[ppos], dtype=np.float32)],
+        axis=1,
+    )
     return feats, d_dna, d_prot
 
 

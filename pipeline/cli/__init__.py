@@ -4,6 +4,7 @@ library function; this module maps library exceptions to exit codes.
 Subcommands live in ``pipeline/cli/<name>.py`` (each defines ``command``) and are imported lazily,
 so ``virnucpro --help`` does not import torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,7 +33,8 @@ _COMMANDS = {
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(
-            name for name, mod in _COMMANDS.items()
+            name
+            for name, mod in _COMMANDS.items()
             if importlib.util.find_spec(f"pipeline.cli.{mod}") is not None
         )
 

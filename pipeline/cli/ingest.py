@@ -1,4 +1,5 @@
 """``virnucpro ingest FILE... [--db PATH]``: load result JSON files into the DuckDB metrics store."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,13 @@ from pipeline.core.config import Settings
 
 @click.command("ingest")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Metrics database (default: VIRNUCPRO_METRICS_DB or reports/metrics.duckdb).")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Metrics database (default: VIRNUCPRO_METRICS_DB or reports/metrics.duckdb).",
+)
 @click.pass_context
 def command(ctx: click.Context, files: tuple[Path, ...], db_path: Path | None) -> None:
     """Ingest FILES (run records, validate JSON, pytest-benchmark JSON, scaling JSON, GPU benchmark

@@ -3,6 +3,7 @@
 This is the only module that reads ``VIRNUCPRO_*`` environment variables (`Settings.from_env`).
 Everything below an entry point receives a config object instead of looking at ``os.environ``.
 """
+
 from __future__ import annotations
 
 import os

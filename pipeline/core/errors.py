@@ -1,4 +1,5 @@
 """Exception types. Library code raises these; only the CLI maps them to exit codes."""
+
 from __future__ import annotations
 
 

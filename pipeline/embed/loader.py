@@ -12,6 +12,7 @@ Two passes, both through a torch ``DataLoader``:
 
 Workers never touch CUDA: they are spawned (not forked) and only run the tokenizer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,22 +37,28 @@ def read_shard(shard_path: Path, column: str) -> tuple[list[str], list[str]]:
 
     path = Path(shard_path)
     if not path.is_file():
-        raise InputError(f"shard {path} does not exist; create shards with `virnucpro prepare` / write_shards")
+        raise InputError(
+            f"shard {path} does not exist; create shards with `virnucpro prepare` / write_shards"
+        )
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a non-parquet file
         raise InputError(f"shard {path} is not a readable parquet file ({exc})") from None
     missing = [c for c in ("id", column) if c not in schema.names]
     if missing:
-        raise InputError(f"shard {path} has no column {missing[0]!r} (columns: {', '.join(schema.names)}); "
-                         "a shard holds id, nucleotide and protein: make shards with write_shards (or "
-                         "`virnucpro predict`), not from frames.parquet")
+        raise InputError(
+            f"shard {path} has no column {missing[0]!r} (columns: {', '.join(schema.names)}); "
+            "a shard holds id, nucleotide and protein: make shards with write_shards (or "
+            "`virnucpro predict`), not from frames.parquet"
+        )
     table = pq.read_table(path, columns=["id", column])
     ids = [str(x) for x in table.column("id").to_pylist()]
     seqs = table.column(column).to_pylist()
     empty = [i for i, s in zip(ids, seqs) if not s]
     if empty:
-        raise InputError(f"shard {path}: {len(empty)} row(s) have an empty {column} sequence, e.g. {empty[0]!r}")
+        raise InputError(
+            f"shard {path}: {len(empty)} row(s) have an empty {column} sequence, e.g. {empty[0]!r}"
+        )
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
@@ -91,17 +98,24 @@ class TokenArena:
 class _TokenizeChunks(torch.utils.data.Dataset):
     """Item ``k``: (k, int32 tokens of rows [k*chunk, (k+1)*chunk), int64 lengths)."""
 
-    def __init__(self, tokenizer: Tokenizer, n_rows: int, chunk: int, *,
-                 sequences: Sequence[str] | None = None, shard: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        n_rows: int,
+        chunk: int,
+        *,
+        sequences: Sequence[str] | None = None,
+        shard: tuple[str, str] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.n_rows = n_rows
         self.chunk = chunk
-        self.shard = shard                    # (path, column): workers read it themselves
-        self._sequences = sequences           # in-process path (num_workers == 0)
+        self.shard = shard  # (path, column): workers read it themselves
+        self._sequences = sequences  # in-process path (num_workers == 0)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_sequences"] = None            # never pickle the shard's text to each worker
+        state["_sequences"] = None  # never pickle the shard's text to each worker
         return state
 
     def _rows(self) -> Sequence[str]:
@@ -114,7 +128,7 @@ class _TokenizeChunks(torch.utils.data.Dataset):
         return (self.n_rows + self.chunk - 1) // self.chunk
 
     def __getitem__(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
-        rows = self._rows()[k * self.chunk:(k + 1) * self.chunk]
+        rows = self._rows()[k * self.chunk : (k + 1) * self.chunk]
         encoded = self.tokenizer.encode_batch(list(rows))
         lengths = np.fromiter((e.shape[0] for e in encoded), dtype=np.int64, count=len(encoded))
         tokens = np.concatenate(encoded).astype(np.int32, copy=False) if encoded else np.empty(0, np.int32)
@@ -129,12 +143,13 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # tokenizing is single-threaded; do not oversubscribe the host
 
 
-def choose_workers(tokenizer: Tokenizer, sequences: Sequence[str], *, sample: int = 2000,
-                   serial_limit_s: float = 5.0) -> int:
+def choose_workers(
+    tokenizer: Tokenizer, sequences: Sequence[str], *, sample: int = 2000, serial_limit_s: float = 5.0
+) -> int:
     """Tokenizer workers worth spawning for this shard: 0 when the tokenizer is already parallel
     (``parallel_batch``) or tokenizing in-process is estimated (from a timed sample) to take under
-    ``serial_limit_s``, since spawning a worker costs seconds (it imports torch); otherwise about one worker per 2 s of estimated work, at most 8 and at
-    most half the CPUs."""
+    ``serial_limit_s``, since spawning a worker costs seconds (it imports torch); otherwise about one
+    worker per 2 s of estimated work, at most 8 and at most half the CPUs."""
     import os
     import time
 
@@ -151,17 +166,28 @@ def choose_workers(tokenizer: Tokenizer, sequences: Sequence[str], *, sample: in
     return int(max(1, min(8, (os.cpu_count() or 2) // 2, estimate // 2)))
 
 
-def tokenize_shard(tokenizer: Tokenizer, sequences: Sequence[str], *, num_workers: int,
-                   shard: tuple[str, str] | None = None, chunk: int = TOKENIZE_CHUNK) -> TokenArena:
+def tokenize_shard(
+    tokenizer: Tokenizer,
+    sequences: Sequence[str],
+    *,
+    num_workers: int,
+    shard: tuple[str, str] | None = None,
+    chunk: int = TOKENIZE_CHUNK,
+) -> TokenArena:
     """Tokenize every row; with ``num_workers > 0`` spawned workers read ``shard`` themselves."""
     n = len(sequences)
-    dataset = _TokenizeChunks(tokenizer, n, chunk, sequences=sequences,
-                              shard=shard if num_workers > 0 else None)
+    dataset = _TokenizeChunks(
+        tokenizer, n, chunk, sequences=sequences, shard=shard if num_workers > 0 else None
+    )
     if num_workers > 0 and shard is None:
         raise InputError("tokenize_shard with workers needs the shard (path, column) to read from")
     workers = min(num_workers, len(dataset))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, collate_fn=_keep, num_workers=workers,
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        collate_fn=_keep,
+        num_workers=workers,
         multiprocessing_context="spawn" if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
     )
@@ -196,8 +222,9 @@ class PackedBatch:
     rows: np.ndarray
 
     def pin_memory(self) -> PackedBatch:  # called by DataLoader(pin_memory=True)
-        return PackedBatch(self.input_ids.pin_memory(), self.cu_seqlens.pin_memory(),
-                           self.max_seqlen, self.rows)
+        return PackedBatch(
+            self.input_ids.pin_memory(), self.cu_seqlens.pin_memory(), self.max_seqlen, self.rows
+        )
 
     @property
     def tokens(self) -> int:
@@ -230,10 +257,18 @@ class _PlanDataset(torch.utils.data.Dataset):
         return collate_packed(self.arena, self.plan[k])
 
 
-def packed_batches(arena: TokenArena, plan: Sequence[np.ndarray], *, pin_memory: bool) -> Iterator[PackedBatch]:
+def packed_batches(
+    arena: TokenArena, plan: Sequence[np.ndarray], *, pin_memory: bool
+) -> Iterator[PackedBatch]:
     """Iterate the plan's batches in order, pinned when ``pin_memory`` (CUDA) is set."""
-    loader = torch.utils.data.DataLoader(_PlanDataset(arena, plan), batch_size=None, shuffle=False,
-                                         collate_fn=_keep, num_workers=0, pin_memory=pin_memory)
+    loader = torch.utils.data.DataLoader(
+        _PlanDataset(arena, plan),
+        batch_size=None,
+        shuffle=False,
+        collate_fn=_keep,
+        num_workers=0,
+        pin_memory=pin_memory,
+    )
     return iter(loader)
 
 

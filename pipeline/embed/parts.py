@@ -13,6 +13,7 @@ A part exists for readers only once its ``.done`` marker exists; the marker is w
 every file is written atomically (temp file + rename), so a crash leaves either a complete,
 verifiable part or files without a valid marker, which resume redoes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,9 @@ def read_metadata(directory: Path) -> dict[str, Any] | None:
     return data
 
 
-def write_part(directory: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
-               fingerprint: str) -> dict[str, Any]:
+def write_part(
+    directory: Path, index: int, ids: Sequence[str], vectors: np.ndarray, fingerprint: str
+) -> dict[str, Any]:
     """Write part ``index`` atomically: vectors, ids, then the marker. Returns the marker dict.
 
     Args:
@@ -100,7 +102,8 @@ def write_part(directory: Path, index: int, ids: Sequence[str], vectors: np.ndar
     vectors = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE)
     if vectors.ndim != 2 or vectors.shape[0] != len(ids):
         raise OutputIntegrityError(
-            f"part {index}: {len(ids)} ids but vectors of shape {vectors.shape}; expected ({len(ids)}, D)")
+            f"part {index}: {len(ids)} ids but vectors of shape {vectors.shape}; expected ({len(ids)}, D)"
+        )
     if any("\n" in i or "\r" in i for i in ids):
         raise InputError(f"part {index}: an id contains a line break; ids must be single-line strings")
     files = PartFiles(Path(directory), index)
@@ -116,8 +119,11 @@ def write_part(directory: Path, index: int, ids: Sequence[str], vectors: np.ndar
         "dim": int(vectors.shape[1]),
         "dtype": np.dtype(VECTOR_DTYPE).name,
         "fingerprint": fingerprint,
-        "vectors": {"file": files.vectors.name, "bytes": files.vectors.stat().st_size,
-                    "sha256": _sha256(files.vectors)},
+        "vectors": {
+            "file": files.vectors.name,
+            "bytes": files.vectors.stat().st_size,
+            "sha256": _sha256(files.vectors),
+        },
         "ids": {"file": files.ids.name, "bytes": files.ids.stat().st_size, "sha256": _sha256(files.ids)},
     }
     atomic_write_text(files.marker, json.dumps(marker, indent=1, sort_keys=True))
@@ -129,9 +135,15 @@ def _read_ids(path: Path) -> list[str]:
     return text.split("\n")[:-1] if text else []
 
 
-def check_part(directory: Path, index: int, *, expected_ids: Sequence[str] | None = None,
-               dim: int | None = None, fingerprint: str | None = None,
-               verify_checksums: bool = True) -> str | None:
+def check_part(
+    directory: Path,
+    index: int,
+    *,
+    expected_ids: Sequence[str] | None = None,
+    dim: int | None = None,
+    fingerprint: str | None = None,
+    verify_checksums: bool = True,
+) -> str | None:
     """Why part ``index`` is not a complete, intact part, or None when it is.
 
     Checks the marker, file sizes, SHA-256 of both files (unless ``verify_checksums`` is off),
@@ -155,7 +167,9 @@ def check_part(directory: Path, index: int, *, expected_ids: Sequence[str] | Non
         if not path.exists():
             return f"{name} file {path.name} is missing"
         if path.stat().st_size != entry.get("bytes"):
-            return f"{name} file {path.name} has {path.stat().st_size} bytes, marker says {entry.get('bytes')}"
+            return (
+                f"{name} file {path.name} has {path.stat().st_size} bytes, marker says {entry.get('bytes')}"
+            )
         if verify_checksums and _sha256(path) != entry.get("sha256"):
             return f"{name} file {path.name} fails its SHA-256 checksum"
     try:
@@ -230,8 +244,11 @@ class RowStack:
         return self.take(key)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        full = (np.concatenate(self.arrays, axis=0) if self.arrays
-                else np.empty((0, self.dim), dtype=VECTOR_DTYPE))
+        full = (
+            np.concatenate(self.arrays, axis=0)
+            if self.arrays
+            else np.empty((0, self.dim), dtype=VECTOR_DTYPE)
+        )
         return full if dtype is None else full.astype(dtype)
 
 
@@ -267,8 +284,9 @@ class EmbeddingSet:
         return self.vectors.take([self.row_of(i) for i in ids])
 
 
-def open_embeddings(dirs: Path | str | Sequence[Path | str], *, verify_checksums: bool = True
-                    ) -> EmbeddingSet:
+def open_embeddings(
+    dirs: Path | str | Sequence[Path | str], *, verify_checksums: bool = True
+) -> EmbeddingSet:
     """Open completed shard output directories as one memory-mapped `EmbeddingSet`.
 
     Every part listed by metadata.json must have a valid marker (sizes, and SHA-256 unless
@@ -288,7 +306,9 @@ def open_embeddings(dirs: Path | str | Sequence[Path | str], *, verify_checksums
         if meta is None:
             raise OutputIntegrityError(f"{d} has no {METADATA_FILE}; it is not an embedding output directory")
         if not meta.get("complete"):
-            raise OutputIntegrityError(f"{d} is incomplete (the run did not finish); rerun embed with --resume")
+            raise OutputIntegrityError(
+                f"{d} is incomplete (the run did not finish); rerun embed with --resume"
+            )
         fields = {k: meta.get(k) for k in MODEL_FIELDS}
         if shared is None:
             shared = fields
@@ -297,17 +317,21 @@ def open_embeddings(dirs: Path | str | Sequence[Path | str], *, verify_checksums
             raise OutputIntegrityError(f"{d} was made with different settings than {dirs[0]}: {diff}")
         dim = int(meta["hidden_size"])
         for index in range(int(meta["n_parts"])):
-            problem = check_part(d, index, dim=dim, fingerprint=meta.get("fingerprint"),
-                                 verify_checksums=verify_checksums)
+            problem = check_part(
+                d, index, dim=dim, fingerprint=meta.get("fingerprint"), verify_checksums=verify_checksums
+            )
             if problem:
-                raise OutputIntegrityError(f"{d}: part {index} is not valid ({problem}); rerun embed with --resume")
+                raise OutputIntegrityError(
+                    f"{d}: part {index} is not valid ({problem}); rerun embed with --resume"
+                )
             files = PartFiles(d, index)
             arrays.append(np.load(files.vectors, mmap_mode="r", allow_pickle=False))
             ids.extend(_read_ids(files.ids))
-        rows = sum(a.shape[0] for a in arrays[len(arrays) - int(meta["n_parts"]):])
+        rows = sum(a.shape[0] for a in arrays[len(arrays) - int(meta["n_parts"]) :])
         if rows != int(meta["n_rows"]):
-            raise OutputIntegrityError(f"{d}: parts hold {rows} rows, metadata says {meta['n_rows']}; "
-                                       "rerun embed with --resume")
+            raise OutputIntegrityError(
+                f"{d}: parts hold {rows} rows, metadata says {meta['n_rows']}; rerun embed with --resume"
+            )
         sources.append(meta)
     id_array = np.array(ids, dtype=object)
     if len(set(ids)) != len(ids):

@@ -4,6 +4,7 @@ Pure functions over integer token counts; no torch, no I/O. A batch is a list of
 whose token counts sum to at most the budget; a sequence longer than the budget gets a batch of
 its own (it is never dropped or truncated here).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -120,7 +121,7 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, budget: int) -> list[list[
                 chunks.append([])
                 free.append(budget)
             take = min(end - pos, free[b] // length)
-            chunks[b].append(fit_order[pos:pos + take])
+            chunks[b].append(fit_order[pos : pos + take])
             free[b] -= take * length
             tree.set(b, free[b])
             pos += take
@@ -134,8 +135,9 @@ def batch_tokens(lengths: Sequence[int] | np.ndarray, batches: Sequence[Sequence
     return [int(arr[np.asarray(b, dtype=np.int64)].sum()) if len(b) else 0 for b in batches]
 
 
-def packing_efficiency(lengths: Sequence[int] | np.ndarray, batches: Sequence[Sequence[int]],
-                       budget: int) -> float:
+def packing_efficiency(
+    lengths: Sequence[int] | np.ndarray, batches: Sequence[Sequence[int]], budget: int
+) -> float:
     """Real tokens / (batches x budget), in [0, 1].
 
     A batch holding one sequence longer than the budget counts its own length as its capacity,
@@ -148,8 +150,14 @@ def packing_efficiency(lengths: Sequence[int] | np.ndarray, batches: Sequence[Se
     return sum(tokens) / capacity
 
 
-def choose_token_budget(*, device_type: str, hidden_size: int, dtype_bytes: int,
-                        free_bytes: int | None, override: int | None = None) -> int:
+def choose_token_budget(
+    *,
+    device_type: str,
+    hidden_size: int,
+    dtype_bytes: int,
+    free_bytes: int | None,
+    override: int | None = None,
+) -> int:
     """Pick the tokens per packed batch.
 
     ``override`` (EmbedConfig.token_budget / ``VIRNUCPRO_TOKEN_BUDGET``) wins. On CPU the

@@ -5,6 +5,7 @@ shard's length-sorted order, so resuming only needs to know which parts are inta
 refuses directories it must not touch (non-empty without resume; made with another model,
 precision or input) and sorts existing parts into valid (skip) and invalid (redo).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,20 @@ from pipeline.embed.parts import RUN_RECORD_FILE, PartFiles, check_part, part_in
 log = logging.getLogger(__name__)
 
 #: metadata.json fields that must be identical for a resume (seed only matters for random weights).
-RESUME_FIELDS = ("format", "kind", "model", "column", "precision", "fingerprint", "n_rows",
-                 "part_size", "order", "dtype", "hidden_size", "repr_layer")
+RESUME_FIELDS = (
+    "format",
+    "kind",
+    "model",
+    "column",
+    "precision",
+    "fingerprint",
+    "n_rows",
+    "part_size",
+    "order",
+    "dtype",
+    "hidden_size",
+    "repr_layer",
+)
 
 
 def mismatches(existing: dict[str, Any], wanted: dict[str, Any], fields: Sequence[str]) -> list[str]:
@@ -28,8 +41,11 @@ def mismatches(existing: dict[str, Any], wanted: dict[str, Any], fields: Sequenc
     for key in fields:
         if key in wanted and existing.get(key) != wanted[key]:
             out.append(f"{key} (existing {existing.get(key)!r}, now {wanted[key]!r})")
-    if str(wanted.get("model", "")).startswith("random:") and "seed" in wanted \
-            and existing.get("seed") != wanted["seed"]:
+    if (
+        str(wanted.get("model", "")).startswith("random:")
+        and "seed" in wanted
+        and existing.get("seed") != wanted["seed"]
+    ):
         out.append(f"seed (existing {existing.get('seed')!r}, now {wanted['seed']!r})")
     return out
 
@@ -49,21 +65,28 @@ def check_output_dir(out_dir: Path, wanted: dict[str, Any], *, resume: bool) -> 
     if not entries:
         return None
     if not resume:
-        raise ConfigError(f"output directory {out_dir} is not empty; pass --resume to continue the run "
-                          "that wrote it, or choose an empty directory")
+        raise ConfigError(
+            f"output directory {out_dir} is not empty; pass --resume to continue the run "
+            "that wrote it, or choose an empty directory"
+        )
     existing = read_metadata(out_dir)
     if existing is None:
-        raise ResumeMismatchError(f"cannot resume in {out_dir}: it has files but no metadata.json, so it was not "
-                                  "written by `virnucpro embed`; choose an empty directory")
+        raise ResumeMismatchError(
+            f"cannot resume in {out_dir}: it has files but no metadata.json, so it was not "
+            "written by `virnucpro embed`; choose an empty directory"
+        )
     diffs = mismatches(existing, wanted, RESUME_FIELDS)
     if diffs:
-        raise ResumeMismatchError(f"cannot resume in {out_dir}: it was made with different settings: "
-                                  f"{'; '.join(diffs)}. Use the original settings, or an empty directory")
+        raise ResumeMismatchError(
+            f"cannot resume in {out_dir}: it was made with different settings: "
+            f"{'; '.join(diffs)}. Use the original settings, or an empty directory"
+        )
     return existing
 
 
-def sweep_valid_parts(out_dir: Path, part_ids: Sequence[Sequence[str]], *, dim: int,
-                      fingerprint: str) -> set[int]:
+def sweep_valid_parts(
+    out_dir: Path, part_ids: Sequence[Sequence[str]], *, dim: int, fingerprint: str
+) -> set[int]:
     """Indices of parts that are complete and intact; every other part's files are removed.
 
     ``part_ids[p]`` are the ids part ``p`` must hold, in order. Leftover temporary files of

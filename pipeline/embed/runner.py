@@ -12,6 +12,7 @@ Nothing waits on the device per batch: the host only blocks when more than `MAX_
 batches are queued, or at the end. SIGTERM/SIGINT finish the part being completed, then raise
 `pipeline.core.errors.Interrupted`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,7 +90,7 @@ def _stop_flag() -> Iterator[threading.Event]:
 class _Parts:
     """Row -> part bookkeeping and the host arrays parts are assembled in."""
 
-    part_rows: list[np.ndarray]           # part p -> (n_p,) shard rows, in part order
+    part_rows: list[np.ndarray]  # part p -> (n_p,) shard rows, in part order
     dim: int
     part_of: np.ndarray = field(init=False)
     pos_of: np.ndarray = field(init=False)
@@ -136,8 +137,8 @@ class _Parts:
 class _Inflight:
     rows: np.ndarray
     tokens: int
-    out: Any          # (B, D) float32 host tensor (pinned on CUDA)
-    ready: Any        # CUDA event recorded after the device->host copy, or None on CPU
+    out: Any  # (B, D) float32 host tensor (pinned on CUDA)
+    ready: Any  # CUDA event recorded after the device->host copy, or None on CPU
 
 
 class _DeviceLoop:
@@ -160,8 +161,9 @@ class _DeviceLoop:
     def issue(self, batch: Any) -> None:
         torch = self.torch
         if not self.cuda:
-            pooled = self.encoder.embed_packed(batch.input_ids.to(self.device), batch.cu_seqlens.to(self.device),
-                                               batch.max_seqlen)
+            pooled = self.encoder.embed_packed(
+                batch.input_ids.to(self.device), batch.cu_seqlens.to(self.device), batch.max_seqlen
+            )
             self.inflight.append(_Inflight(batch.rows, batch.tokens, pooled.float().cpu(), None))
             return
         with torch.cuda.stream(self.h2d):
@@ -245,8 +247,15 @@ def _code_version() -> str:
     return f"{__version__}+{git_commit() or 'unknown'}"
 
 
-def embed_shard(shard_path: Path | str, column: str | None, kind: str, cfg: EmbedConfig,
-                out_dir: Path | str, *, encoder: Any = None) -> dict[str, Any]:
+def embed_shard(
+    shard_path: Path | str,
+    column: str | None,
+    kind: str,
+    cfg: EmbedConfig,
+    out_dir: Path | str,
+    *,
+    encoder: Any = None,
+) -> dict[str, Any]:
     """Embed one column of a shard into ``out_dir``; returns the run record (also written there).
 
     Args:
@@ -266,8 +275,15 @@ def embed_shard(shard_path: Path | str, column: str | None, kind: str, cfg: Embe
         return _embed_shard(Path(shard_path), column, kind, cfg, Path(out_dir), stop, encoder)
 
 
-def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConfig, out_dir: Path,
-                 stop: threading.Event, encoder: Any) -> dict[str, Any]:
+def _embed_shard(
+    shard_path: Path,
+    column: str | None,
+    kind: str,
+    cfg: EmbedConfig,
+    out_dir: Path,
+    stop: threading.Event,
+    encoder: Any,
+) -> dict[str, Any]:
     import torch
 
     from pipeline.core.runinfo import environment_info, new_run_id, utc_now
@@ -283,9 +299,17 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
     timings["read_s"] = time.perf_counter() - t
 
     wanted: dict[str, Any] = {
-        "format": FORMAT, "kind": kind, "model": cfg.encoder.model, "column": column,
-        "precision": cfg.encoder.precision, "seed": cfg.encoder.seed, "fingerprint": fingerprint,
-        "n_rows": len(ids), "part_size": cfg.part_size, "order": _ROW_ORDER, "dtype": "float32",
+        "format": FORMAT,
+        "kind": kind,
+        "model": cfg.encoder.model,
+        "column": column,
+        "precision": cfg.encoder.precision,
+        "seed": cfg.encoder.seed,
+        "fingerprint": fingerprint,
+        "n_rows": len(ids),
+        "part_size": cfg.part_size,
+        "order": _ROW_ORDER,
+        "dtype": "float32",
         "shard": str(shard_path),
     }
     # fail fast on a refused directory before paying for the model
@@ -295,7 +319,9 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
     device = torch.device(cfg.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {cfg.device!r} asked for but CUDA is not available here; use --device cpu")
+            raise ConfigError(
+                f"device {cfg.device!r} asked for but CUDA is not available here; use --device cpu"
+            )
         if device.index is None:  # events, streams and mem_get_info want an explicit index
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
@@ -309,43 +335,70 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
 
     t = time.perf_counter()
     workers = cfg.num_workers if cfg.num_workers is not None else choose_workers(encoder.tokenizer, sequences)
-    arena: TokenArena = tokenize_shard(encoder.tokenizer, sequences, num_workers=workers,
-                                       shard=(str(shard_path), column))
+    arena: TokenArena = tokenize_shard(
+        encoder.tokenizer, sequences, num_workers=workers, shard=(str(shard_path), column)
+    )
     lengths = arena.lengths
     timings["tokenize_s"] = time.perf_counter() - t
     too_long = np.flatnonzero(lengths > info.max_tokens)
     if too_long.size:
         r = int(too_long[0])
-        raise InputError(f"shard {shard_path}: {too_long.size} row(s) exceed the model's {info.max_tokens} tokens, "
-                         f"e.g. {ids[r]!r} with {int(lengths[r])}; use a smaller --chunk-size")
+        raise InputError(
+            f"shard {shard_path}: {too_long.size} row(s) exceed the model's {info.max_tokens} tokens, "
+            f"e.g. {ids[r]!r} with {int(lengths[r])}; use a smaller --chunk-size"
+        )
 
     order = length_sorted_order(lengths)
-    part_rows = [order[s:s + cfg.part_size] for s in range(0, order.size, cfg.part_size)]
+    part_rows = [order[s : s + cfg.part_size] for s in range(0, order.size, cfg.part_size)]
     part_ids = [[ids[r] for r in rows.tolist()] for rows in part_rows]
 
     wanted.update({"hidden_size": info.hidden_size, "repr_layer": info.repr_layer})
     existing = check_output_dir(out_dir, wanted, resume=cfg.resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = (sweep_valid_parts(out_dir, part_ids, dim=info.hidden_size, fingerprint=fingerprint)
-            if existing is not None else set())
-    metadata = {**wanted, "num_layers": info.num_layers, "params": info.params,
-                "backend": encoder.backend, "device": str(device), "code_version": _code_version(),
-                "n_parts": len(part_rows), "complete": False}
+    done = (
+        sweep_valid_parts(out_dir, part_ids, dim=info.hidden_size, fingerprint=fingerprint)
+        if existing is not None
+        else set()
+    )
+    metadata = {
+        **wanted,
+        "num_layers": info.num_layers,
+        "params": info.params,
+        "backend": encoder.backend,
+        "device": str(device),
+        "code_version": _code_version(),
+        "n_parts": len(part_rows),
+        "complete": False,
+    }
     write_metadata(out_dir, metadata)
 
     todo_parts = [p for p in range(len(part_rows)) if p not in done]
     todo_rows = np.concatenate([part_rows[p] for p in todo_parts]) if todo_parts else np.empty(0, np.int64)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    budget = choose_token_budget(device_type=device.type, hidden_size=info.hidden_size,
-                                 dtype_bytes=2 if cfg.encoder.precision in ("fp16", "bf16") else 4,
-                                 free_bytes=free, override=cfg.token_budget)
+    budget = choose_token_budget(
+        device_type=device.type,
+        hidden_size=info.hidden_size,
+        dtype_bytes=2 if cfg.encoder.precision in ("fp16", "bf16") else 4,
+        free_bytes=free,
+        override=cfg.token_budget,
+    )
     local_plan = plan_batches(lengths[todo_rows], budget)
     plan = [todo_rows[np.asarray(b, dtype=np.int64)] for b in local_plan]
     efficiency = packing_efficiency(lengths[todo_rows], local_plan, budget)
     todo_tokens = int(lengths[todo_rows].sum())
-    log.info("%s: %d rows, %d parts (%d already done), %d batches of <= %d tokens, packing %.1f%%, "
-             "backend %s on %s", shard_path.name, len(ids), len(part_rows), len(done), len(plan), budget,
-             100 * efficiency, encoder.backend, device)
+    log.info(
+        "%s: %d rows, %d parts (%d already done), %d batches of <= %d tokens, packing %.1f%%, "
+        "backend %s on %s",
+        shard_path.name,
+        len(ids),
+        len(part_rows),
+        len(done),
+        len(plan),
+        budget,
+        100 * efficiency,
+        encoder.backend,
+        device,
+    )
 
     parts = _Parts(part_rows, info.hidden_size)
     parts.expect(todo_parts)
@@ -371,8 +424,10 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
             bad = [part_ids[p][i] for i in np.flatnonzero(~finite)[:5]]
-            raise NumericalError(f"part {p} of {shard_path.name}: {int((~finite).sum())} embedding(s) contain "
-                                 f"NaN/Inf, e.g. {bad}; rerun with --precision bf16 or fp32")
+            raise NumericalError(
+                f"part {p} of {shard_path.name}: {int((~finite).sum())} embedding(s) contain "
+                f"NaN/Inf, e.g. {bad}; rerun with --precision bf16 or fp32"
+            )
         if device_check is not None:
             # the encoder's device-side flag (one sync per part); it also covers batches queued after
             # this part's last one, so the host check above is the one that names rows precisely
@@ -398,7 +453,7 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
 
     try:
         with torch.inference_mode(), ThreadPoolExecutor(1, "part-writer") as executor:
-            target: int | None = None   # on a signal: the part being completed when it came
+            target: int | None = None  # on a signal: the part being completed when it came
             for batch in packed_batches(arena, plan, pin_memory=device.type == "cuda"):
                 loop.issue(batch)
                 finished = collect(False, executor)
@@ -426,27 +481,52 @@ def _embed_shard(shard_path: Path, column: str | None, kind: str, cfg: EmbedConf
     embedded_tokens = int(sum(int(lengths[part_rows[p]].sum()) for p in written))
     total_seconds = time.perf_counter() - t_start
     stage = {
-        "stage": "embed", "model": cfg.encoder.model, "kind": kind, "seconds": round(total_seconds, 4),
-        "sequences": embedded_rows, "tokens": embedded_tokens,
+        "stage": "embed",
+        "model": cfg.encoder.model,
+        "kind": kind,
+        "seconds": round(total_seconds, 4),
+        "sequences": embedded_rows,
+        "tokens": embedded_tokens,
         "tokens_per_s": round(embedded_tokens / embed_seconds, 1) if embed_seconds > 0 else None,
-        "packing_efficiency": round(efficiency, 5), "backend": encoder.backend,
-        "precision": cfg.encoder.precision, "device": str(device), "shard": str(shard_path),
-        "token_budget": budget, "batches": len(plan), "parts_written": len(written),
-        "parts_skipped": len(done), "device_idle_fraction": None if idle is None else round(idle, 5),
-        "embed_started_at": embed_started, "embed_finished_at": embed_started + embed_seconds,
-        "num_workers": workers, "timings": {k: round(v, 4) for k, v in timings.items()},
+        "packing_efficiency": round(efficiency, 5),
+        "backend": encoder.backend,
+        "precision": cfg.encoder.precision,
+        "device": str(device),
+        "shard": str(shard_path),
+        "token_budget": budget,
+        "batches": len(plan),
+        "parts_written": len(written),
+        "parts_skipped": len(done),
+        "device_idle_fraction": None if idle is None else round(idle, 5),
+        "embed_started_at": embed_started,
+        "embed_finished_at": embed_started + embed_seconds,
+        "num_workers": workers,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     record = {
-        "schema": "virnucpro.run/1", "run_id": new_run_id(), "kind": "embed", "status": status,
-        "started_at": started_at, "finished_at": utc_now(), "environment": environment_info(),
-        "config": {**asdict(cfg), "shard_path": str(shard_path), "column": column, "model_kind": kind,
-                   "out_dir": str(out_dir)},
-        "stages": [stage], "timings": stage["timings"],
+        "schema": "virnucpro.run/1",
+        "run_id": new_run_id(),
+        "kind": "embed",
+        "status": status,
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "environment": environment_info(),
+        "config": {
+            **asdict(cfg),
+            "shard_path": str(shard_path),
+            "column": column,
+            "model_kind": kind,
+            "out_dir": str(out_dir),
+        },
+        "stages": [stage],
+        "timings": stage["timings"],
     }
     atomic_write_text(out_dir / RUN_RECORD_FILE, json.dumps(record, indent=2, default=str))
     if status == "interrupted":
-        raise Interrupted(f"stopped by a signal after writing {len(written)} part(s) of {shard_path.name}; "
-                          f"{len(parts.remaining)} part(s) left - rerun with --resume to finish")
+        raise Interrupted(
+            f"stopped by a signal after writing {len(written)} part(s) of {shard_path.name}; "
+            f"{len(parts.remaining)} part(s) left - rerun with --resume to finish"
+        )
     return record
 
 

@@ -22,6 +22,7 @@ it and returns it unchanged; models handle it themselves.
 
 Capabilities are detected once at import time.
 """
+
 from __future__ import annotations
 
 import functools
@@ -74,8 +75,9 @@ AUTO = "auto"
 _HALF_ONLY = ("flash-attn", "torch-varlen")  # flash kernels take fp16/bf16 only
 
 
-def _unavailable_reason(backend: str, device: torch.device, alibi: bool,
-                        dtype: torch.dtype | None = None) -> str | None:
+def _unavailable_reason(
+    backend: str, device: torch.device, alibi: bool, dtype: torch.dtype | None = None
+) -> str | None:
     """Why ``backend`` cannot run on ``device`` (None when it can)."""
     cuda = device.type == "cuda"
     if backend in _HALF_ONLY and dtype is not None and dtype not in (torch.float16, torch.bfloat16):
@@ -102,12 +104,14 @@ def _unavailable_reason(backend: str, device: torch.device, alibi: bool,
         return None
     if backend == "sdpa":
         return None
-    raise ConfigError(f"unknown attention backend {backend!r}; "
-                      f"use auto, reference or one of {', '.join(KERNEL_BACKENDS)}")
+    raise ConfigError(
+        f"unknown attention backend {backend!r}; use auto, reference or one of {', '.join(KERNEL_BACKENDS)}"
+    )
 
 
-def available_backends(device: torch.device | str, *, alibi: bool,
-                       dtype: torch.dtype | None = None) -> list[str]:
+def available_backends(
+    device: torch.device | str, *, alibi: bool, dtype: torch.dtype | None = None
+) -> list[str]:
     """Kernel backends that can run on ``device`` for a model with (``alibi=True``) or without ALiBi,
     fastest first. ``sdpa`` is always last and always present. ``dtype`` (the compute dtype, when
     known) drops the fp16/bf16-only kernels for fp32 models."""
@@ -115,8 +119,9 @@ def available_backends(device: torch.device | str, *, alibi: bool,
     return [b for b in KERNEL_BACKENDS if _unavailable_reason(b, device, alibi, dtype) is None]
 
 
-def resolve_backend(requested: str, device: torch.device | str, *, alibi: bool = False,
-                    dtype: torch.dtype | None = None) -> str:
+def resolve_backend(
+    requested: str, device: torch.device | str, *, alibi: bool = False, dtype: torch.dtype | None = None
+) -> str:
     """Turn a user's backend choice into the backend that will run.
 
     ``auto`` -> the fastest available backend (logged); ``reference`` -> ``reference``; a named
@@ -157,7 +162,9 @@ def sequence_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
-        raise ConfigError(f"q, k, v must all be (T, H, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ConfigError(
+            f"q, k, v must all be (T, H, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ConfigError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
 
@@ -193,15 +200,19 @@ def varlen_attention(
         return _flash(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == "torch-varlen":
         if alibi_slopes is not None:
-            raise BackendUnavailableError("torch-varlen cannot apply ALiBi slopes; use flash-attn, flex or sdpa")
+            raise BackendUnavailableError(
+                "torch-varlen cannot apply ALiBi slopes; use flash-attn, flex or sdpa"
+            )
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     if backend == "flex":
         return flex_varlen(q, k, v, cu_seqlens, scale, alibi_slopes, compiled=True, block_mask=flex_mask)
     if backend == "sdpa":
         return sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == REFERENCE:
-        raise ConfigError("backend 'reference' is a model's padded forward, not an attention kernel; "
-                          "the model must handle it before calling varlen_attention")
+        raise ConfigError(
+            "backend 'reference' is a model's padded forward, not an attention kernel; "
+            "the model must handle it before calling varlen_attention"
+        )
     raise ConfigError(f"unknown attention backend {backend!r}; use one of {', '.join(KERNEL_BACKENDS)}")
 
 
@@ -210,8 +221,17 @@ def _flash(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
         raise BackendUnavailableError("flash-attn is not installed")
     slopes = None if alibi_slopes is None else alibi_slopes.to(device=q.device, dtype=torch.float32)
     return _flash_attn_varlen_func(
-        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-        dropout_p=0.0, softmax_scale=scale, causal=False, alibi_slopes=slopes,
+        q,
+        k,
+        v,
+        cu_seqlens,
+        cu_seqlens,
+        max_seqlen,
+        max_seqlen,
+        dropout_p=0.0,
+        softmax_scale=scale,
+        causal=False,
+        alibi_slopes=slopes,
     )
 
 
@@ -292,11 +312,16 @@ def flex_varlen(
             return score - slopes[h] * (q_idx - kv_idx).abs()
 
     if block_mask is None:
-        block_mask = _flex()[1](same_sequence, None, None, total, total, device=q.device,
-                                        _compile=compiled)
+        block_mask = _flex()[1](same_sequence, None, None, total, total, device=q.device, _compile=compiled)
     fn = _compiled_flex() if compiled else _flex()[0]
-    out = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-             score_mod=score_mod, block_mask=block_mask, scale=scale)
+    out = fn(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        score_mod=score_mod,
+        block_mask=block_mask,
+        scale=scale,
+    )
     return out[0].transpose(0, 1)
 
 
@@ -310,8 +335,7 @@ def flex_block_mask(cu_seqlens: torch.Tensor, total: int, *, compiled: bool = Tr
     def same_sequence(b, h, q_idx, kv_idx):
         return seq_id[q_idx] == seq_id[kv_idx]
 
-    return _flex()[1](same_sequence, None, None, total, total, device=cu_seqlens.device,
-                              _compile=compiled)
+    return _flex()[1](same_sequence, None, None, total, total, device=cu_seqlens.device, _compile=compiled)
 
 
 __all__ = [

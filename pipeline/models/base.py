@@ -5,6 +5,7 @@ A model is split in two parts because they live in different processes:
   token ids, special tokens included;
 - a `PackedEncoder` (a torch module on the compute device) that runs the packed forward and pools.
 """
+
 from __future__ import annotations
 
 import abc
@@ -45,12 +46,12 @@ class EncoderInfo:
     """What gets recorded in output metadata and metric rows."""
 
     kind: ModelKind
-    spec: str            # the specifier the user gave
-    hidden_size: int     # D of the pooled embedding
+    spec: str  # the specifier the user gave
+    hidden_size: int  # D of the pooled embedding
     num_layers: int
-    repr_layer: int      # which layer's output is pooled (the last one)
-    max_tokens: int      # longest tokenized sequence the model accepts (specials included)
-    params: int          # number of parameters
+    repr_layer: int  # which layer's output is pooled (the last one)
+    max_tokens: int  # longest tokenized sequence the model accepts (specials included)
+    params: int  # number of parameters
 
 
 class PackedEncoder(torch.nn.Module, abc.ABC):
@@ -82,7 +83,9 @@ class PackedEncoder(torch.nn.Module, abc.ABC):
         """``(T, D)`` hidden + ``(B+1,) int32`` cu_seqlens -> ``(B, D) float32`` per-sequence embedding,
         pooled exactly as the original tool pools this model."""
 
-    def embed_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    def embed_packed(
+        self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+    ) -> torch.Tensor:
         """forward + pool: ``(B, D) float32``."""
         return self.pool(self(input_ids, cu_seqlens, max_seqlen), cu_seqlens)
 
@@ -117,7 +120,9 @@ class FiniteMonitor:
         if self._bad.device != pooled.device:  # the model moved since the monitor was made
             self.reset(pooled.device)
         bad = ~torch.isfinite(pooled).all()
-        self._first = torch.where(bad & (self._first < 0), torch.full_like(self._first, self._batches), self._first)
+        self._first = torch.where(
+            bad & (self._first < 0), torch.full_like(self._first, self._batches), self._first
+        )
         self._bad = self._bad | bad
         self._batches += 1
 
@@ -128,7 +133,8 @@ class FiniteMonitor:
         self.reset()
         if bad:
             raise NumericalError(
-                f"NaN or Inf in {self.model_name} embeddings in {context} (first bad batch: {first} of {batches} "
+                f"NaN or Inf in {self.model_name} embeddings in {context} "
+                f"(first bad batch: {first} of {batches} "
                 f"since the last check; precision {precision}, backend {backend}); rerun this part with "
                 "--precision bf16 or fp32 and check the input sequences"
             )

@@ -1,4 +1,5 @@
 """Model kind -> loader. Loaders are imported lazily so one kind never pulls in the other's dependencies."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal

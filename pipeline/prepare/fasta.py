@@ -15,6 +15,7 @@ file, the record (or line) and what to do:
 
 Gzip is detected from the magic bytes, not the file name.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -131,7 +132,9 @@ def read_fasta_bytes(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes]
             "short - copy or download it again"
         ) from None
     except (gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(f"{src}: the gzip data is corrupt ({exc}); copy or download the file again") from None
+        raise InputError(
+            f"{src}: the gzip data is corrupt ({exc}); copy or download the file again"
+        ) from None
     except io.UnsupportedOperation as exc:  # pragma: no cover - directories, sockets
         raise InputError(f"{src}: cannot be read as a file ({exc})") from None
 

@@ -4,6 +4,7 @@ Rows (frames) are sorted by protein length, longest first (stable), and row ``i`
 goes to shard ``i % n``. Every shard therefore gets the same length mix and nearly the same
 token count, so GPUs given one shard each finish together.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,33 +60,42 @@ def write_shards(prepared_dir: Path | str, n_shards: int, out_dir: Path | str) -
     prepared, out = Path(prepared_dir), Path(out_dir)
     frames_path = prepared / "frames.parquet"
     if not frames_path.is_file():
-        raise InputError(f"{frames_path} is missing; run `virnucpro prepare` to create the prepared directory")
+        raise InputError(
+            f"{frames_path} is missing; run `virnucpro prepare` to create the prepared directory"
+        )
     frames = pq.read_table(frames_path, columns=["id", "aa_length"])
     frame_ids = [str(x) for x in frames.column("id").to_pylist()]
     aa_length = np.asarray(frames.column("aa_length").to_numpy(zero_copy_only=False), dtype=np.int64)
 
     prot_ids, proteins = _read_fasta_dict(prepared / "protein.faa")
     if prot_ids != frame_ids:
-        first = next((i for i, (a, b) in enumerate(zip(prot_ids, frame_ids)) if a != b),
-                     min(len(prot_ids), len(frame_ids)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(prot_ids, frame_ids)) if a != b),
+            min(len(prot_ids), len(frame_ids)),
+        )
         raise InputError(
             f"{prepared / 'protein.faa'} ({len(prot_ids)} records) does not match frames.parquet "
-            f"({len(frame_ids)} rows) at row {first}; rerun `virnucpro prepare`")
+            f"({len(frame_ids)} rows) at row {first}; rerun `virnucpro prepare`"
+        )
     nuc_ids, nucleotides = _read_fasta_dict(prepared / "nucleotide.fa")
     nuc_by_id = dict(zip(nuc_ids, nucleotides))
     missing = [i for i in frame_ids if i not in nuc_by_id]
     if missing:
-        raise InputError(f"{len(missing)} frame(s) have no record in {prepared / 'nucleotide.fa'}, e.g. "
-                         f"{missing[0]!r}; rerun `virnucpro prepare`")
+        raise InputError(
+            f"{len(missing)} frame(s) have no record in {prepared / 'nucleotide.fa'}, e.g. "
+            f"{missing[0]!r}; rerun `virnucpro prepare`"
+        )
 
     schema = pa.schema([("id", pa.string()), ("nucleotide", pa.string()), ("protein", pa.string())])
-    table = pa.table({"id": frame_ids, "nucleotide": [nuc_by_id[i] for i in frame_ids], "protein": proteins},
-                     schema=schema)
+    table = pa.table(
+        {"id": frame_ids, "nucleotide": [nuc_by_id[i] for i in frame_ids], "protein": proteins}, schema=schema
+    )
     return write_table_shards(table, n_shards, out, lengths=aa_length)
 
 
-def write_table_shards(table, n_shards: int, out_dir: Path | str,
-                       lengths: np.ndarray | None = None) -> list[Path]:
+def write_table_shards(
+    table, n_shards: int, out_dir: Path | str, lengths: np.ndarray | None = None
+) -> list[Path]:
     """Stride-shard an in-memory ``pyarrow.Table`` of frames into ``n_shards`` parquet files.
 
     Rows are ordered by ``lengths`` (default: the length of the ``protein`` column), longest first

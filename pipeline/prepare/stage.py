@@ -13,6 +13,7 @@ exactly, quirks included (see `chunk_bounds` and `pipeline.prepare.translate`).
 All four files are written to temporary files and renamed into place only when the whole input
 was read without error; ``frames.parquet`` is renamed last, so its presence means prepare finished.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +94,10 @@ class PrepareStats:
         return self.bases / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> str:
-        return (f"{self.records} records, {self.bases} bp -> {self.chunks} chunks, "
-                f"{self.frames} frames kept in {self.seconds:.2f} s ({self.mbp_per_s:.1f} Mbp/s)")
+        return (
+            f"{self.records} records, {self.bases} bp -> {self.chunks} chunks, "
+            f"{self.frames} frames kept in {self.seconds:.2f} s ({self.mbp_per_s:.1f} Mbp/s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,27 +139,30 @@ class PreparedPaths:
 def _frames_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("id", pa.string()),
-        ("record_id", pa.string()),
-        ("chunk_id", pa.string()),
-        ("frame", pa.string()),
-        ("nt_length", pa.int32()),
-        ("aa_length", pa.int32()),
-    ])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("record_id", pa.string()),
+            ("chunk_id", pa.string()),
+            ("frame", pa.string()),
+            ("nt_length", pa.int32()),
+            ("aa_length", pa.int32()),
+        ]
+    )
 
 
 def _wrap(seq: bytes) -> bytes:
     if len(seq) <= _WRAP:
         return seq
-    return b"\n".join([seq[i: i + _WRAP] for i in range(0, len(seq), _WRAP)])
+    return b"\n".join([seq[i : i + _WRAP] for i in range(0, len(seq), _WRAP)])
 
 
 class _BatchWriter:
     """Collects chunks; translates and writes them a batch at a time."""
 
-    def __init__(self, chunked: IO[bytes], nucleotide: IO[bytes], protein: IO[bytes],
-                 frames_writer: pq.ParquetWriter) -> None:
+    def __init__(
+        self, chunked: IO[bytes], nucleotide: IO[bytes], protein: IO[bytes], frames_writer: pq.ParquetWriter
+    ) -> None:
         self._chunked = chunked
         self._nucleotide = nucleotide
         self._protein = protein
@@ -198,9 +204,9 @@ class _BatchWriter:
             return
         chunk_ids = self._chunk_ids
         chunk_id_bytes = [c.encode("utf-8") for c in chunk_ids]
-        self._chunked.write(b"".join(
-            [b">%s\n%s\n" % (cid, _wrap(piece)) for cid, piece in zip(chunk_id_bytes, self._pieces)]
-        ))
+        self._chunked.write(
+            b"".join([b">%s\n%s\n" % (cid, _wrap(piece)) for cid, piece in zip(chunk_id_bytes, self._pieces)])
+        )
         raw = b"".join(self._pieces)
         lengths = np.fromiter((len(p) for p in self._pieces), dtype=np.int64, count=len(self._pieces))
         ends = np.cumsum(lengths)
@@ -210,6 +216,7 @@ class _BatchWriter:
         kept = np.concatenate([forward.kept, reverse.kept], axis=1)
         chunk_index, frame_index = np.nonzero(kept)
         if len(chunk_index):
+
             def pick(name: str) -> np.ndarray:
                 both = np.concatenate([getattr(forward, name), getattr(reverse, name)], axis=1)
                 return both[chunk_index, frame_index]
@@ -219,8 +226,14 @@ class _BatchWriter:
             prot_lines: list[bytes] = []
             ids: list[str] = []
             label_bytes = [lab.encode() for lab in FRAME_LABELS]
-            for c, f, p0, nc, na, p1 in zip(chunk_index.tolist(), frame_index.tolist(), first.tolist(),
-                                            n_codons.tolist(), n_aa.tolist(), nt_end.tolist()):
+            for c, f, p0, nc, na, p1 in zip(
+                chunk_index.tolist(),
+                frame_index.tolist(),
+                first.tolist(),
+                n_codons.tolist(),
+                n_aa.tolist(),
+                nt_end.tolist(),
+            ):
                 strand = strands[f >= 3]
                 head = b">%s%s\n" % (chunk_id_bytes[c], label_bytes[f])
                 nuc_lines.append(head + strand.buffer[p0:p1] + b"\n")
@@ -229,14 +242,19 @@ class _BatchWriter:
             self._nucleotide.write(b"".join(nuc_lines))
             self._protein.write(b"".join(prot_lines))
             record_of_chunk = np.asarray(self._chunk_record, dtype=np.int64)[chunk_index]
-            table = pa.table({
-                "id": pa.array(ids, pa.string()),
-                "record_id": pa.array([self._record_ids[i] for i in record_of_chunk.tolist()], pa.string()),
-                "chunk_id": pa.array([chunk_ids[c] for c in chunk_index.tolist()], pa.string()),
-                "frame": pa.array([FRAME_LABELS[f] for f in frame_index.tolist()], pa.string()),
-                "nt_length": pa.array((nt_end - first).astype(np.int32), pa.int32()),
-                "aa_length": pa.array(n_aa.astype(np.int32), pa.int32()),
-            }, schema=self._frames.schema)
+            table = pa.table(
+                {
+                    "id": pa.array(ids, pa.string()),
+                    "record_id": pa.array(
+                        [self._record_ids[i] for i in record_of_chunk.tolist()], pa.string()
+                    ),
+                    "chunk_id": pa.array([chunk_ids[c] for c in chunk_index.tolist()], pa.string()),
+                    "frame": pa.array([FRAME_LABELS[f] for f in frame_index.tolist()], pa.string()),
+                    "nt_length": pa.array((nt_end - first).astype(np.int32), pa.int32()),
+                    "aa_length": pa.array(n_aa.astype(np.int32), pa.int32()),
+                },
+                schema=self._frames.schema,
+            )
             self._frames.write_table(table)
             self.frames += len(ids)
         self.chunks += len(self._pieces)
@@ -273,7 +291,9 @@ def prepare(
     from tqdm import tqdm
 
     if chunk_size < 3:
-        raise ConfigError(f"chunk_size={chunk_size} must be at least 3 bases (one codon); 300 or 500 is usual")
+        raise ConfigError(
+            f"chunk_size={chunk_size} must be at least 3 bases (one codon); 300 or 500 is usual"
+        )
     source = Path(input_path)
     paths = PreparedPaths.in_dir(out_dir)
     created_dir = not paths.root.exists()
@@ -283,12 +303,23 @@ def prepare(
         with contextlib.ExitStack() as stack:
             # entered first so it is published last: frames.parquet marks a finished prepare
             frames_tmp = stack.enter_context(atomic_path(paths.frames))
-            handles = [stack.enter_context(open(stack.enter_context(atomic_path(p)), "wb", buffering=1 << 20))
-                       for p in (paths.chunked, paths.nucleotide, paths.protein)]
+            handles = [
+                stack.enter_context(open(stack.enter_context(atomic_path(p)), "wb", buffering=1 << 20))
+                for p in (paths.chunked, paths.nucleotide, paths.protein)
+            ]
             frames_writer = stack.enter_context(pq.ParquetWriter(frames_tmp, _frames_schema()))
             writer = _BatchWriter(*handles, frames_writer)
-            bar = stack.enter_context(tqdm(total=None, unit="bp", unit_scale=True, desc="prepare",
-                                           disable=not progress, delay=1.0, leave=False))
+            bar = stack.enter_context(
+                tqdm(
+                    total=None,
+                    unit="bp",
+                    unit_scale=True,
+                    desc="prepare",
+                    disable=not progress,
+                    delay=1.0,
+                    leave=False,
+                )
+            )
             for record_id, seq in read_fasta_bytes(source):
                 records += 1
                 bases += len(seq)
@@ -302,8 +333,13 @@ def prepare(
             with contextlib.suppress(OSError):
                 paths.root.rmdir()  # only if empty: never removes anything else
         raise
-    stats = PrepareStats(records=records, bases=bases, chunks=writer.chunks, frames=writer.frames,
-                         seconds=time.perf_counter() - t0)
+    stats = PrepareStats(
+        records=records,
+        bases=bases,
+        chunks=writer.chunks,
+        frames=writer.frames,
+        seconds=time.perf_counter() - t0,
+    )
     log.info("prepare %s -> %s: %s", source, paths.root, stats.summary())
     return PreparedPaths(paths.root, paths.chunked, paths.nucleotide, paths.protein, paths.frames, stats)
 

@@ -18,6 +18,7 @@ and an amino-acid byte (0 = skipped codon; one more ``bytes.translate``). Stops 
 are rare, so their positions are collected once and counted per (chunk, frame) with binary
 searches. Python then only slices bytes (``codons[first:end:3]``) for the frames that are kept.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,14 +88,16 @@ class StrandFrames:
         return self.protein_at(p, int(self.n_codons[c, f]), int(self.n_aa[c, f]))
 
     def protein_at(self, first: int, n_codons: int, n_aa: int) -> bytes:
-        residues = self.codons[first: first + 3 * n_codons: 3]
+        residues = self.codons[first : first + 3 * n_codons : 3]
         return residues if n_aa == n_codons else residues.replace(b"\x00", b"")
 
     def nucleotide(self, c: int, f: int) -> bytes:
-        return self.buffer[int(self.first[c, f]): int(self.nt_end[c, f])]
+        return self.buffer[int(self.first[c, f]) : int(self.nt_end[c, f])]
 
 
-def _count_in_frames(positions: np.ndarray, first: np.ndarray, n_codons: np.ndarray, length: int) -> np.ndarray:
+def _count_in_frames(
+    positions: np.ndarray, first: np.ndarray, n_codons: np.ndarray, length: int
+) -> np.ndarray:
     """How many of ``positions`` lie on a frame's codons ``first + 3*i``, ``i < n_codons``.
 
     ``positions`` are codon starts in ``[0, length)``. They are keyed by (position mod 3,
@@ -138,7 +141,9 @@ def translate_strand(buffer: bytes, starts: np.ndarray, ends: np.ndarray) -> Str
     return StrandFrames(buffer, codons, kept, first, n_codons, n_aa, nt_end)
 
 
-def translate_both_strands(buffer: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[StrandFrames, StrandFrames]:
+def translate_both_strands(
+    buffer: bytes, starts: np.ndarray, ends: np.ndarray
+) -> tuple[StrandFrames, StrandFrames]:
     """Forward and reverse-complement frames of every chunk of an uppercase ``buffer``.
 
     The reverse complement of the whole buffer holds each chunk's reverse complement at
@@ -173,8 +178,13 @@ def six_frames(chunk: str | bytes) -> list[Frame]:
     for strand_index, strand in enumerate(translate_both_strands(data, *bounds)):
         for f in range(3):
             if strand.kept[0, f]:
-                out.append(Frame(FRAME_LABELS[3 * strand_index + f], strand.nucleotide(0, f).decode("ascii"),
-                                 strand.protein(0, f).decode("ascii")))
+                out.append(
+                    Frame(
+                        FRAME_LABELS[3 * strand_index + f],
+                        strand.nucleotide(0, f).decode("ascii"),
+                        strand.protein(0, f).decode("ascii"),
+                    )
+                )
     return out
 
 

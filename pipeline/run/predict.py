@@ -1,13 +1,14 @@
 """A whole prediction run on one machine: prepare -> shard -> embed (DNABERT-S, ESM-2) -> classify -> merge.
 
 On CPU (``cfg.gpus`` empty) everything runs in this process on one shard. With GPUs the frames are
-split into one length-balanced shard per GPU and `pipeline.embed.multigpu.coordinator.embed_all` runs one worker
-process per GPU (retries, redistribution, resume). Every stage's wall time lands in
+split into one length-balanced shard per GPU and `pipeline.embed.multigpu.coordinator.embed_all`
+runs one worker process per GPU (retries, redistribution, resume). Every stage's wall time lands in
 ``OUT/run_record.json`` (schema ``virnucpro.run/1``, see docs/INTERNALS.md).
 
 A file classifier is loaded before any embedding starts, so a wrong or unsafe ``--classifier``
 fails in seconds rather than after hours of GPU time.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,23 +29,41 @@ RUN_SCHEMA = "virnucpro.run/1"
 DEMO_ESM_MODEL = "random:esm2_t6_8M_UR50D"
 DEMO_DNABERT_MODEL = "random:dnabert-s-tiny"
 DEMO_CLASSIFIER = "random"
-DEMO_NOTE = ("DEMO RUN: random-weight encoders and a random classifier; the scores are NOT "
-             "biologically meaningful")
+DEMO_NOTE = (
+    "DEMO RUN: random-weight encoders and a random classifier; the scores are NOT biologically meaningful"
+)
 # (kind, shard column); DNABERT-S first, matching the concatenation order of the features.
 KINDS: tuple[tuple[str, str], ...] = (("dnabert-s", "nucleotide"), ("esm2", "protein"))
 
 
 def demo_config(cfg: PredictConfig) -> PredictConfig:
     """``cfg`` with the offline demo models and classifier (keeps precision/attention choices)."""
-    return replace(cfg, demo=True, classifier=DEMO_CLASSIFIER,
-                   esm=replace(cfg.esm, model=DEMO_ESM_MODEL),
-                   dnabert=replace(cfg.dnabert, model=DEMO_DNABERT_MODEL))
+    return replace(
+        cfg,
+        demo=True,
+        classifier=DEMO_CLASSIFIER,
+        esm=replace(cfg.esm, model=DEMO_ESM_MODEL),
+        dnabert=replace(cfg.dnabert, model=DEMO_DNABERT_MODEL),
+    )
 
 
-def make_predict_config(input_path: Path, output_dir: Path, settings: Settings, *, chunk_size: int,
-                        esm_model: str, dnabert_model: str, classifier: str, precision: str, attention: str,
-                        compile_: bool = False, gpus: tuple[int, ...] = (), resume: bool = False,
-                        demo: bool = False, progress: bool = True) -> PredictConfig:
+def make_predict_config(
+    input_path: Path,
+    output_dir: Path,
+    settings: Settings,
+    *,
+    chunk_size: int,
+    esm_model: str,
+    dnabert_model: str,
+    classifier: str,
+    precision: str,
+    attention: str,
+    compile_: bool = False,
+    gpus: tuple[int, ...] = (),
+    resume: bool = False,
+    demo: bool = False,
+    progress: bool = True,
+) -> PredictConfig:
     """The `PredictConfig` of a run, built the same way by the CLI and the DAG tasks.
 
     Both encoders share ``precision``, ``attention`` and ``compile_`` (compile stays off when
@@ -71,9 +90,18 @@ def make_predict_config(input_path: Path, output_dir: Path, settings: Settings, 
 
 def stage_row(stage: str, seconds: float, **extra: Any) -> dict[str, Any]:
     """A stage row of the run record (the keys of docs/INTERNALS.md)."""
-    row: dict[str, Any] = {"stage": stage, "model": None, "seconds": round(seconds, 6), "sequences": None,
-                           "tokens": None, "tokens_per_s": None, "packing_efficiency": None,
-                           "backend": None, "precision": None, "device": None}
+    row: dict[str, Any] = {
+        "stage": stage,
+        "model": None,
+        "seconds": round(seconds, 6),
+        "sequences": None,
+        "tokens": None,
+        "tokens_per_s": None,
+        "packing_efficiency": None,
+        "backend": None,
+        "precision": None,
+        "device": None,
+    }
     row.update(extra)
     return row
 
@@ -90,8 +118,9 @@ class EmbeddedRun:
     embed_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def encoder_embed_config(cfg: PredictConfig, encoder: EncoderConfig, device: str,
-                         settings: Settings) -> EmbedConfig:
+def encoder_embed_config(
+    cfg: PredictConfig, encoder: EncoderConfig, device: str, settings: Settings
+) -> EmbedConfig:
     """The `EmbedConfig` of one encoder of ``cfg`` on ``device``, with the process settings applied
     (compile off under ``disable_compile``; token budget / workers when the config leaves them unset)."""
     if settings.disable_compile and encoder.compile:
@@ -107,8 +136,9 @@ def encoder_embed_config(cfg: PredictConfig, encoder: EncoderConfig, device: str
     return replace(embed_cfg, **changes) if changes else embed_cfg
 
 
-def embed_stage_rows(record: Mapping[str, Any] | None, kind: str, spec: str, seconds: float,
-                     device: str, precision: str) -> list[dict[str, Any]]:
+def embed_stage_rows(
+    record: Mapping[str, Any] | None, kind: str, spec: str, seconds: float, device: str, precision: str
+) -> list[dict[str, Any]]:
     """Stage rows from an embed run record, or one synthesised row when it has none."""
     rows = []
     for row in (record or {}).get("stages", []) or []:
@@ -149,9 +179,11 @@ def preflight(cfg: PredictConfig) -> dict[str, Any]:
         visible = torch.cuda.device_count()
         missing = [g for g in cfg.gpus if g >= visible]
         if missing:
-            raise ConfigError(f"--gpus {','.join(map(str, cfg.gpus))}: GPU {','.join(map(str, missing))} is not "
-                              f"visible (this machine shows {visible} CUDA device(s)); use indices 0.."
-                              f"{max(visible - 1, 0)}, or leave --gpus out to run on the CPU")
+            raise ConfigError(
+                f"--gpus {','.join(map(str, cfg.gpus))}: GPU {','.join(map(str, missing))} is not "
+                f"visible (this machine shows {visible} CUDA device(s)); use indices 0.."
+                f"{max(visible - 1, 0)}, or leave --gpus out to run on the CPU"
+            )
     device = f"cuda:{cfg.gpus[0]}" if cfg.gpus else "cpu"
     for kind, encoder in (("dnabert-s", cfg.dnabert), ("esm2", cfg.esm)):
         resolve_backend(encoder.attention, device, alibi=kind == "dnabert-s", dtype=DTYPES[encoder.precision])
@@ -168,7 +200,8 @@ def preflight(cfg: PredictConfig) -> dict[str, Any]:
                 f"--resume into {cfg.output_dir}: the earlier run was made from another "
                 f"{' and '.join('input file' if k == 'input_sha256' else 'chunk size' for k in differs)} "
                 f"(chunk size then {before.get('chunk_size')}, now {cfg.chunk_size}); rerun with the same "
-                "input and --chunk-size, or choose an empty output directory")
+                "input and --chunk-size, or choose an empty output directory"
+            )
     return inputs
 
 
@@ -186,8 +219,10 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
     embeddings = out / "embeddings"
     if not cfg.resume and embeddings.is_dir() and any(embeddings.iterdir()):
         # checked before prepare rewrites anything, so a forgotten --resume costs nothing
-        raise ConfigError(f"{out} already holds embeddings from an earlier run; pass --resume to continue "
-                          "it, or choose an empty output directory")
+        raise ConfigError(
+            f"{out} already holds embeddings from an earlier run; pass --resume to continue "
+            "it, or choose an empty output directory"
+        )
     inputs = preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     run = EmbeddedRun(root=out, frames=0)
@@ -200,15 +235,26 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
     atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
     run.prepare_stats = stats
-    run.stages.append(stage_row("prepare", time.perf_counter() - t0, sequences=stats.get("records"),
-                             chunks=stats.get("chunks"), frames=stats.get("frames"),
-                             bases=stats.get("bases"), device="cpu"))
+    run.stages.append(
+        stage_row(
+            "prepare",
+            time.perf_counter() - t0,
+            sequences=stats.get("records"),
+            chunks=stats.get("chunks"),
+            frames=stats.get("frames"),
+            bases=stats.get("bases"),
+            device="cpu",
+        )
+    )
     from pipeline.classify.scoring import frame_ids
 
     run.frames = len(frame_ids(out))
     if run.frames == 0:
-        log.warning("no frame of %s survived six-frame translation (every frame has a stop codon, or "
-                    "the sequences are shorter than one codon); nothing to embed", cfg.input_path)
+        log.warning(
+            "no frame of %s survived six-frame translation (every frame has a stop codon, or "
+            "the sequences are shorter than one codon); nothing to embed",
+            cfg.input_path,
+        )
         return run
 
     from pipeline.prepare.shard import write_shards
@@ -231,8 +277,9 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
             target = kind_root / shards[0].stem
             record = embed_shard(shards[0], column, kind, embed_cfg, target)
             run.dirs[kind] = [target]
-            run.stages += embed_stage_rows(record, kind, encoder.model, time.perf_counter() - t0,
-                                            "cpu", encoder.precision)
+            run.stages += embed_stage_rows(
+                record, kind, encoder.model, time.perf_counter() - t0, "cpu", encoder.precision
+            )
         else:
             from pipeline.embed.multigpu.coordinator import embed_all
 
@@ -246,24 +293,47 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
             # the whole-kind view (wall time over all GPUs) lives beside the per-shard stage rows,
             # so that summing stage rows never counts a shard twice
             run.embed_summaries[kind] = {
-                key: summary.get(key) for key in ("wall_seconds", "embed_window_seconds", "sequences", "tokens",
-                                                  "tokens_per_s", "retries", "failures", "redistributions")
+                key: summary.get(key)
+                for key in (
+                    "wall_seconds",
+                    "embed_window_seconds",
+                    "sequences",
+                    "tokens",
+                    "tokens_per_s",
+                    "retries",
+                    "failures",
+                    "redistributions",
+                )
             } | {"model": encoder.model, "gpus": list(cfg.gpus), "precision": encoder.precision}
-        log.info("embedded %d frames with %s (%s) in %.1f s", run.frames, kind, encoder.model,
-                 time.perf_counter() - t0)
+        log.info(
+            "embedded %d frames with %s (%s) in %.1f s",
+            run.frames,
+            kind,
+            encoder.model,
+            time.perf_counter() - t0,
+        )
     return run
 
 
 def _check_classifier_fit(clf, cfg: PredictConfig) -> None:
     meta = clf.meta
     if meta.chunk_size is not None and meta.chunk_size != cfg.chunk_size:
-        log.warning("classifier %s was trained on %d bp chunks but this run uses %d bp",
-                    meta.path, meta.chunk_size, cfg.chunk_size)
+        log.warning(
+            "classifier %s was trained on %d bp chunks but this run uses %d bp",
+            meta.path,
+            meta.chunk_size,
+            cfg.chunk_size,
+        )
     for kind, enc in (("dnabert-s", cfg.dnabert), ("esm2", cfg.esm)):
         trained = meta.models.get(kind)
         if trained and trained != enc.model:
-            log.warning("classifier %s was trained with %s embeddings from %s, this run uses %s",
-                        meta.path, kind, trained, enc.model)
+            log.warning(
+                "classifier %s was trained with %s embeddings from %s, this run uses %s",
+                meta.path,
+                kind,
+                trained,
+                enc.model,
+            )
 
 
 def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
@@ -302,8 +372,16 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
         write_scores([], np.empty((0, 2), dtype=np.float32), scores_path)
     else:
         classify(out, run.dirs["dnabert-s"], run.dirs["esm2"], classifier, scores_path, device=mlp_device)
-    stages.append(stage_row("classify", time.perf_counter() - t0, model=str(cfg.classifier),
-                         sequences=run.frames, device=mlp_device, precision="fp32"))
+    stages.append(
+        stage_row(
+            "classify",
+            time.perf_counter() - t0,
+            model=str(cfg.classifier),
+            sequences=run.frames,
+            device=mlp_device,
+            precision="fp32",
+        )
+    )
     t0 = time.perf_counter()
     outputs = merge(scores_path, out, out)
     stages.append(stage_row("merge", time.perf_counter() - t0, sequences=run.frames))
@@ -320,8 +398,9 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
         "stages": stages,
         "demo": bool(cfg.demo),
-        "classifier": (meta_dict(classifier) if not isinstance(classifier, str)
-                       else {"source": "random", "path": None}),
+        "classifier": (
+            meta_dict(classifier) if not isinstance(classifier, str) else {"source": "random", "path": None}
+        ),
         "outputs": {name: str(path) for name, path in outputs.items()},
         "embed_summaries": run.embed_summaries,
         "counts": counts,
@@ -332,8 +411,14 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
         empty = "no frame survived six-frame translation; outputs hold headers only"
         record["note"] = f"{record['note']}; {empty}" if cfg.demo else empty
     atomic_write_text(out / "run_record.json", json.dumps(record, indent=2, default=str))
-    log.info("predict finished: %d frames, %d chunks (%d viral), %d records -> %s",
-             run.frames, counts["chunks"], counts["viral_chunks"], counts["records"], out)
+    log.info(
+        "predict finished: %d frames, %d chunks (%d viral), %d records -> %s",
+        run.frames,
+        counts["chunks"],
+        counts["viral_chunks"],
+        counts["records"],
+        out,
+    )
     if cfg.demo:
         log.warning(DEMO_NOTE)
     return record
@@ -345,8 +430,12 @@ def _counts(outputs: dict[str, Path]) -> dict[str, int]:
     cons = pd.read_csv(outputs["highestscore"], sep="\t", dtype={"Modified_ID": str})
     summary = pd.read_csv(outputs["summary"], sep="\t", dtype={"record_id": str})
     viral = cons["Is_Virus"].astype(str).eq("True").sum() if len(cons) else 0
-    return {"chunks": int(len(cons)), "viral_chunks": int(viral), "records": int(len(summary)),
-            "viral_records": int((summary["call"] == "virus").sum()) if len(summary) else 0}
+    return {
+        "chunks": int(len(cons)),
+        "viral_chunks": int(viral),
+        "records": int(len(summary)),
+        "viral_records": int((summary["call"] == "virus").sum()) if len(summary) else 0,
+    }
 
 
 __all__ = [

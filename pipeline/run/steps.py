@@ -10,6 +10,7 @@ Idempotence: every step writes atomically to fixed paths under the run's output 
 retried task reproduces the same files. Embedding resumes from finished parts when the task is a
 retry (``try_number > 1``) or when the run asks for ``resume``.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,8 +116,9 @@ def resolve_precision(precision: str, gpu_slots: int) -> str:
     return precision
 
 
-def predict_config(params: Mapping[str, Any], output_dir: str | Path,
-                   settings: Settings | None = None) -> PredictConfig:
+def predict_config(
+    params: Mapping[str, Any], output_dir: str | Path, settings: Settings | None = None
+) -> PredictConfig:
     """Build the run's `PredictConfig` from DAG params (the names of the DAGs' ``Param`` schema).
 
     ``demo=True`` swaps in the offline demo models exactly as ``virnucpro predict --demo`` does.
@@ -133,7 +135,9 @@ def predict_config(params: Mapping[str, Any], output_dir: str | Path,
     if attention not in ATTENTION_BACKENDS:
         raise ConfigError(f"attention={attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     return make_predict_config(
-        Path(raw_input).expanduser().resolve(), Path(output_dir), settings,
+        Path(raw_input).expanduser().resolve(),
+        Path(output_dir),
+        settings,
         chunk_size=int(params.get("chunk_size", DEFAULT_CHUNK_SIZE)),
         esm_model=str(params.get("esm_model") or DEFAULT_ESM_MODEL),
         dnabert_model=str(params.get("dnabert_model") or DEFAULT_DNABERT_MODEL),
@@ -185,10 +189,12 @@ def gpu_executor_config(executor: str) -> dict[str, Any]:
     return {
         "pod_override": k8s.V1Pod(
             spec=k8s.V1PodSpec(
-                containers=[k8s.V1Container(
-                    name="base",  # the executor's task container is always called "base"
-                    resources=k8s.V1ResourceRequirements(limits=gpu, requests=gpu),
-                )],
+                containers=[
+                    k8s.V1Container(
+                        name="base",  # the executor's task container is always called "base"
+                        resources=k8s.V1ResourceRequirements(limits=gpu, requests=gpu),
+                    )
+                ],
                 tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
             )
         )
@@ -211,8 +217,10 @@ def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
 
     cfg = predict_config(params, output_dir)
     if not cfg.input_path.is_file():
-        raise ConfigError(f"input_path {cfg.input_path} does not exist on this worker; give a FASTA "
-                          "file (plain or .gz) that the workers can read")
+        raise ConfigError(
+            f"input_path {cfg.input_path} does not exist on this worker; give a FASTA "
+            "file (plain or .gz) that the workers can read"
+        )
     if not is_random_classifier(cfg.classifier):
         from pipeline.classify.mlp import load_classifier
 
@@ -224,9 +232,21 @@ def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
     start = time.perf_counter()
     prepared = prepare(cfg.input_path, layout.root, cfg.chunk_size)
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
-    _write_stages(layout, "prepare", [stage_row(
-        "prepare", time.perf_counter() - start, sequences=stats.get("records"), chunks=stats.get("chunks"),
-        frames=stats.get("frames"), bases=stats.get("bases"), device="cpu")])
+    _write_stages(
+        layout,
+        "prepare",
+        [
+            stage_row(
+                "prepare",
+                time.perf_counter() - start,
+                sequences=stats.get("records"),
+                chunks=stats.get("chunks"),
+                frames=stats.get("frames"),
+                bases=stats.get("bases"),
+                device="cpu",
+            )
+        ],
+    )
     return str(layout.root)
 
 
@@ -256,8 +276,9 @@ def embed_config_for(cfg: PredictConfig, kind: str, device: str, settings: Setti
     return replace(encoder_embed_config(cfg, encoder, device, settings), progress=False)
 
 
-def embed_step(params: Mapping[str, Any], run_dir: str | Path, shard_path: str, map_index: int,
-               try_number: int = 1) -> list[str]:
+def embed_step(
+    params: Mapping[str, Any], run_dir: str | Path, shard_path: str, map_index: int, try_number: int = 1
+) -> list[str]:
     """Embed one shard with DNABERT-S then ESM-2 on the device of its slot; returns the output dirs.
 
     A retry (``try_number > 1``) resumes from the parts the failed try finished, so a retried task
@@ -280,8 +301,14 @@ def embed_step(params: Mapping[str, Any], run_dir: str | Path, shard_path: str, 
         target = layout.shard_embeddings(kind, shard_path)
         start = time.perf_counter()
         record = embed_shard(Path(shard_path), column, kind, embed_cfg, target)
-        rows += embed_stage_rows(record, kind, embed_cfg.encoder.model, time.perf_counter() - start,
-                                 device, embed_cfg.encoder.precision)
+        rows += embed_stage_rows(
+            record,
+            kind,
+            embed_cfg.encoder.model,
+            time.perf_counter() - start,
+            device,
+            embed_cfg.encoder.precision,
+        )
         outputs.append(str(target))
         if device.startswith("cuda"):
             torch.cuda.empty_cache()  # hand the first encoder's memory to the second
@@ -298,8 +325,19 @@ def classify_step(params: Mapping[str, Any], run_dir: str | Path, shard_paths: S
     dirs = {kind: [layout.shard_embeddings(kind, p) for p in shard_paths] for kind, _ in EMBED_KINDS}
     start = time.perf_counter()
     out = classify(layout.root, dirs["dnabert-s"], dirs["esm2"], cfg.classifier, layout.frame_scores)
-    _write_stages(layout, "classify", [stage_row("classify", time.perf_counter() - start, model=cfg.classifier,
-                                                 sequences=len(frame_ids(layout.root)), device="cpu")])
+    _write_stages(
+        layout,
+        "classify",
+        [
+            stage_row(
+                "classify",
+                time.perf_counter() - start,
+                model=cfg.classifier,
+                sequences=len(frame_ids(layout.root)),
+                device="cpu",
+            )
+        ],
+    )
     return str(out)
 
 
@@ -314,8 +352,9 @@ def merge_step(run_dir: str | Path) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
-def record_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str,
-                outputs: Mapping[str, str] | None = None) -> str:
+def record_step(
+    params: Mapping[str, Any], run_dir: str | Path, run_id: str, outputs: Mapping[str, str] | None = None
+) -> str:
     """Assemble the run record (schema ``virnucpro.run/1``) from the stages' files and write it to
     ``OUT/run_record.json``; returns its path (the DAG wiring ingests it into the metrics store)."""
     from pipeline.core.runinfo import environment_info, utc_now

@@ -67,24 +67,44 @@ def train_from_inputs(cfg: TrainRunConfig, settings: Any) -> dict[str, Any]:
             labels.append(np.full(len(feats), label, dtype=np.int64))
             sources.append({"label": name, "input": str(src), "run_dir": str(run_dir), "frames": len(feats)})
     if len(dims) != 1:
-        raise InputError(f"inputs were embedded with different models (widths {sorted(dims)}); "
-                         "embed every input with the same --esm-model and --dnabert-model")
+        raise InputError(
+            f"inputs were embedded with different models (widths {sorted(dims)}); "
+            "embed every input with the same --esm-model and --dnabert-model"
+        )
     d_dna, d_prot = dims.pop()
     embed_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = train(np.concatenate(parts), np.concatenate(labels), cfg.train)
     train_seconds = time.perf_counter() - t1
     models = {"dnabert-s": cfg.predict.dnabert.model, "esm2": cfg.predict.esm.model}
-    path = save_classifier(result.model, out / cfg.model_name, dna_dim=d_dna, protein_dim=d_prot,
-                           models=models, chunk_size=cfg.predict.chunk_size,
-                           extra={"metrics": result.metrics, "best_epoch": result.best_epoch,
-                                  "n_train": result.n_train, "n_val": result.n_val,
-                                  "train_config": asdict(cfg.train)})
-    summary = {"classifier": str(path), "metrics": result.metrics, "best_epoch": result.best_epoch,
-               "epochs_run": len(result.history), "stopped_early": result.stopped_early,
-               "n_train": result.n_train, "n_val": result.n_val, "inputs": sources,
-               "embed_seconds": embed_seconds, "train_seconds": train_seconds,
-               "history": result.history}
+    path = save_classifier(
+        result.model,
+        out / cfg.model_name,
+        dna_dim=d_dna,
+        protein_dim=d_prot,
+        models=models,
+        chunk_size=cfg.predict.chunk_size,
+        extra={
+            "metrics": result.metrics,
+            "best_epoch": result.best_epoch,
+            "n_train": result.n_train,
+            "n_val": result.n_val,
+            "train_config": asdict(cfg.train),
+        },
+    )
+    summary = {
+        "classifier": str(path),
+        "metrics": result.metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "n_train": result.n_train,
+        "n_val": result.n_val,
+        "inputs": sources,
+        "embed_seconds": embed_seconds,
+        "train_seconds": train_seconds,
+        "history": result.history,
+    }
     atomic_write_text(out / "train_metrics.json", json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -2,6 +2,7 @@
 
 Expected file contents are written out by hand from hand-picked scores.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,16 +21,23 @@ from pipeline.classify.scoring import write_scores
 
 # (frame id, P(others), P(virus)) in protein.faa order
 FRAMES = [
-    ("seqB_chunk_1F1", 0.25, 0.75),          # virus frame, but the chunk's best "others" is higher
+    ("seqB_chunk_1F1", 0.25, 0.75),  # virus frame, but the chunk's best "others" is higher
     ("seqB_chunk_1R2", 0.9, 0.1),
-    ("seqB_chunk_2F3", 0.5, 0.5),            # exact tie: frame -> others, chunk -> True
+    ("seqB_chunk_2F3", 0.5, 0.5),  # exact tie: frame -> others, chunk -> True
     ("seqA_chunk_1F2", 0.9999, 1e-4),
-    ("x_chunk_7_chunk_1F1", 0.125, 0.875),   # record id containing "_chunk_"
+    ("x_chunk_7_chunk_1F1", 0.125, 0.875),  # record id containing "_chunk_"
     ("x_chunk_7_chunk_1R3", 0.75, 0.25),
-    ("Zeta_chunk_1F1", 0.0625, 0.9375),      # upper case sorts before lower case
+    ("Zeta_chunk_1F1", 0.0625, 0.9375),  # upper case sorts before lower case
 ]
-CHUNKS = ["seqB_chunk_1", "seqB_chunk_2", "seqB_chunk_3", "seqA_chunk_1", "x_chunk_7_chunk_1",
-          "Zeta_chunk_1", "noframes_chunk_1"]
+CHUNKS = [
+    "seqB_chunk_1",
+    "seqB_chunk_2",
+    "seqB_chunk_3",
+    "seqA_chunk_1",
+    "x_chunk_7_chunk_1",
+    "Zeta_chunk_1",
+    "noframes_chunk_1",
+]
 
 EXPECTED_PREDICTIONS = (
     "Sequence_ID\tPrediction\tscore1\tscore2\n"
@@ -92,8 +100,9 @@ def test_score_format_is_numpy_float32_str() -> None:
 
 
 def test_consensus_tie_is_virus() -> None:
-    table = consensus(["r_chunk_1F1", "r_chunk_1R1"], np.array([0.6, 0.3], np.float32),
-                      np.array([0.4, 0.6], np.float32))
+    table = consensus(
+        ["r_chunk_1F1", "r_chunk_1R1"], np.array([0.6, 0.3], np.float32), np.array([0.4, 0.6], np.float32)
+    )
     assert table["Is_Virus"].tolist() == [True]  # max score2 0.6 == max score1 0.6
 
 
@@ -106,8 +115,13 @@ def test_group_key_drops_last_two_characters() -> None:
 def test_group_order_is_sorted_by_key() -> None:
     ids = ["s2_chunk_1F1", "s10_chunk_1F1", "S9_chunk_1F1", "s1_chunk_10F1", "s1_chunk_2F1"]
     table = consensus(ids, np.full(5, 0.5, np.float32), np.full(5, 0.5, np.float32))
-    assert table["Modified_ID"].tolist() == ["S9_chunk_1", "s10_chunk_1", "s1_chunk_10", "s1_chunk_2",
-                                             "s2_chunk_1"]
+    assert table["Modified_ID"].tolist() == [
+        "S9_chunk_1",
+        "s10_chunk_1",
+        "s1_chunk_10",
+        "s1_chunk_2",
+        "s2_chunk_1",
+    ]
 
 
 def test_no_frames_gives_header_only_outputs(tmp_path) -> None:
@@ -126,7 +140,8 @@ def test_empty_input_gives_header_only_outputs(tmp_path) -> None:
     prepared = _prepared(tmp_path, [])
     paths = merge(_scores(tmp_path, []), prepared, tmp_path / "out")
     assert paths["summary"].read_text() == (
-        "record_id\tchunks\tchunks_with_frames\tviral_chunks\tmax_virus_score\tcall\n")
+        "record_id\tchunks\tchunks_with_frames\tviral_chunks\tmax_virus_score\tcall\n"
+    )
 
 
 def test_scores_not_in_chunked_fa_fail(tmp_path) -> None:
@@ -144,7 +159,9 @@ def test_matches_the_original_pandas_recipe_on_random_scores(tmp_path) -> None:
     frames = []
     for rec in range(40):
         for chunk in range(1, rng.integers(1, 4) + 1):
-            for frame in rng.choice(["F1", "F2", "F3", "R1", "R2", "R3"], size=rng.integers(1, 4), replace=False):
+            for frame in rng.choice(
+                ["F1", "F2", "F3", "R1", "R2", "R3"], size=rng.integers(1, 4), replace=False
+            ):
                 p = np.float32(rng.choice([0.5, rng.random()]))
                 frames.append((f"rec{rec}_chunk_{chunk}{frame}", float(1 - p), float(p)))
     chunks = list(dict.fromkeys(chunk_of(f[0]) for f in frames))

@@ -1,4 +1,5 @@
 """The MLP, the safe loader for the original whole-module pickles, and the safetensors format."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ def _save_as(module_name: str, model: nn.Module, path) -> None:
     cls = type("MLPClassifier", (_OriginalMLP,), {"__module__": module_name})
     had = hasattr(fake, "MLPClassifier")
     old = getattr(fake, "MLPClassifier", None)
-    setattr(fake, "MLPClassifier", cls)
+    fake.MLPClassifier = cls
     registered = module_name not in sys.modules
     if registered:
         sys.modules[module_name] = fake
@@ -52,7 +53,7 @@ def _save_as(module_name: str, model: nn.Module, path) -> None:
     finally:
         model.__class__ = _OriginalMLP
         if had:
-            setattr(fake, "MLPClassifier", old)
+            fake.MLPClassifier = old
         else:
             delattr(fake, "MLPClassifier")
         if registered:
@@ -155,9 +156,15 @@ def test_plain_state_dict_pth_is_accepted(tmp_path) -> None:
 
 def test_safetensors_roundtrip_with_header(tmp_path) -> None:
     model = random_classifier(10, seed=5)
-    path = save_classifier(model, tmp_path / "clf.safetensors", dna_dim=4, protein_dim=6,
-                           models={"dnabert-s": "random:dnabert-s-tiny", "esm2": "random:esm2_t6_8M_UR50D"},
-                           chunk_size=300, extra={"metrics": {"accuracy": 0.9}})
+    path = save_classifier(
+        model,
+        tmp_path / "clf.safetensors",
+        dna_dim=4,
+        protein_dim=6,
+        models={"dnabert-s": "random:dnabert-s-tiny", "esm2": "random:esm2_t6_8M_UR50D"},
+        chunk_size=300,
+        extra={"metrics": {"accuracy": 0.9}},
+    )
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:

@@ -1,4 +1,5 @@
 """Scoring frames: join-by-id of the two embedding sets, DNA-then-protein concatenation, failures."""
+
 from __future__ import annotations
 
 import math
@@ -105,10 +106,22 @@ def _write_set(directory, ids, vectors, kind):
 
     directory.mkdir(parents=True)
     write_part(directory, 0, ids, vectors, "fp")
-    write_metadata(directory, {"format": FORMAT, "complete": True, "n_parts": 1, "n_rows": len(ids),
-                               "hidden_size": vectors.shape[1], "kind": kind, "model": "test",
-                               "repr_layer": 0, "precision": "fp32", "dtype": "float32",
-                               "fingerprint": "fp"})
+    write_metadata(
+        directory,
+        {
+            "format": FORMAT,
+            "complete": True,
+            "n_parts": 1,
+            "n_rows": len(ids),
+            "hidden_size": vectors.shape[1],
+            "kind": kind,
+            "model": "test",
+            "repr_layer": 0,
+            "precision": "fp32",
+            "dtype": "float32",
+            "fingerprint": "fp",
+        },
+    )
 
 
 def test_classify_writes_parquet_in_protein_order(tmp_path) -> None:
@@ -121,14 +134,20 @@ def test_classify_writes_parquet_in_protein_order(tmp_path) -> None:
     _write_set(tmp_path / "emb/dnabert-s/shard-000", ids_d[2:], dna[2:], "dnabert-s")
     _write_set(tmp_path / "emb/esm2/shard-000", ids_p, prot, "esm2")
     assert frame_ids(prepared) == FRAMES
-    out = classify(prepared, [tmp_path / "emb/dnabert-s/shard-001", tmp_path / "emb/dnabert-s/shard-000"],
-                   [tmp_path / "emb/esm2/shard-000"], _probe_classifier(), tmp_path / "frame_scores.parquet")
+    out = classify(
+        prepared,
+        [tmp_path / "emb/dnabert-s/shard-001", tmp_path / "emb/dnabert-s/shard-000"],
+        [tmp_path / "emb/esm2/shard-000"],
+        _probe_classifier(),
+        tmp_path / "frame_scores.parquet",
+    )
     table = pq.read_table(out)
     assert table.column_names == ["id", "score_others", "score_virus"]
     assert table.column("id").to_pylist() == FRAMES
     assert str(table.schema.field("score_virus").type) == "float"
-    np.testing.assert_allclose(table.column("score_virus").to_numpy(),
-                               [_expected_virus(DNA0[f]) for f in FRAMES], rtol=1e-6)
+    np.testing.assert_allclose(
+        table.column("score_virus").to_numpy(), [_expected_virus(DNA0[f]) for f in FRAMES], rtol=1e-6
+    )
 
 
 def test_classify_with_a_random_spec_and_no_frames(tmp_path) -> None:

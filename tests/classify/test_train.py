@@ -1,4 +1,5 @@
 """Training the MLP on arrays, the metrics, and the saved classifier."""
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,14 @@ def test_split_is_seeded_and_ten_percent() -> None:
 
 def test_defaults_follow_the_original() -> None:
     cfg = TrainConfig()
-    assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.epochs, cfg.patience, cfg.val_fraction) == \
-        (32, 2e-4, 0.9, 200, 5, 0.1)
+    assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.epochs, cfg.patience, cfg.val_fraction) == (
+        32,
+        2e-4,
+        0.9,
+        200,
+        5,
+        0.1,
+    )
     assert (cfg.lr_step, cfg.lr_gamma) == (10, 0.85)
 
 
@@ -113,7 +120,9 @@ def test_train_cli_demo_models_end_to_end(tmp_path) -> None:
     from pipeline.core.config import Settings
 
     torch.set_num_threads(1)
-    sense = ["".join(c) for c in itertools.product("ACGT", repeat=3) if "".join(c) not in {"TAA", "TAG", "TGA"}]
+    sense = [
+        "".join(c) for c in itertools.product("ACGT", repeat=3) if "".join(c) not in {"TAA", "TAG", "TGA"}
+    ]
     rng = np.random.default_rng(0)
 
     def records(prefix: str, repeat: str) -> str:
@@ -124,8 +133,22 @@ def test_train_cli_demo_models_end_to_end(tmp_path) -> None:
     viral.write_text(records("v", "ATG"))
     other.write_text(records("o", "GCC"))
     out = tmp_path / "train"
-    args = ["train", "--viral", str(viral), "--other", str(other), "-o", str(out), "--demo",
-            "--chunk-size", "150", "--epochs", "15", "--seed", "1"]
+    args = [
+        "train",
+        "--viral",
+        str(viral),
+        "--other",
+        str(other),
+        "-o",
+        str(out),
+        "--demo",
+        "--chunk-size",
+        "150",
+        "--epochs",
+        "15",
+        "--seed",
+        "1",
+    ]
     result = CliRunner().invoke(cli, args, obj=Settings(progress=False), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "train_metrics.json").read_text())
@@ -137,8 +160,24 @@ def test_train_cli_demo_models_end_to_end(tmp_path) -> None:
     assert clf.meta.dna_dim + clf.meta.protein_dim == clf.input_dim
 
     # an embedded run directory can be reused as a training input as it is
-    again = CliRunner().invoke(cli, ["train", "--viral", str(out / "viral-0"), "--other", str(out / "other-0"),
-                                     "-o", str(tmp_path / "again"), "--demo", "--chunk-size", "150",
-                                     "--epochs", "2"], obj=Settings(progress=False), catch_exceptions=False)
+    again = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--viral",
+            str(out / "viral-0"),
+            "--other",
+            str(out / "other-0"),
+            "-o",
+            str(tmp_path / "again"),
+            "--demo",
+            "--chunk-size",
+            "150",
+            "--epochs",
+            "2",
+        ],
+        obj=Settings(progress=False),
+        catch_exceptions=False,
+    )
     assert again.exit_code == 0, again.output
     assert not (tmp_path / "again" / "viral-0").exists()

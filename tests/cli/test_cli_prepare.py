@@ -1,4 +1,5 @@
 """``virnucpro prepare``: exit codes, messages, and that a failed run leaves no output files."""
+
 from __future__ import annotations
 
 import gzip
@@ -38,12 +39,16 @@ BAD = {
     "empty_sequence": b">a\nACGT\n>b\n>c\nACGT\n",
     "duplicate_id": b">a\nACGT\n>a\nACGT\n",
     "bad_character": b">a\nACGT\n>b\nACGTXACGT\n",
-    "truncated_gzip": gzip.compress(b">a\n" + bytes(random.Random(0).choices(b"ACGT", k=20000)) + b"\n")[:3000],
+    "truncated_gzip": gzip.compress(b">a\n" + bytes(random.Random(0).choices(b"ACGT", k=20000)) + b"\n")[
+        :3000
+    ],
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_fails_without_outputs(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_fails_without_outputs(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "input.fa"
     src.write_bytes(BAD[case])
     out = tmp_path / "out"
@@ -75,8 +80,13 @@ def test_console_script_with_gzip_input(tmp_path: Path) -> None:
     src = tmp_path / "demo.fasta"  # gzip content under a plain name: detected from the bytes
     src.write_bytes(gzip.compress(DEMO.read_bytes()))
     out = tmp_path / "out"
-    done = subprocess.run([exe, "prepare", str(src), "-o", str(out)], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "VIRNUCPRO_PROGRESS": "0"}, timeout=60)
+    done = subprocess.run(
+        [exe, "prepare", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "VIRNUCPRO_PROGRESS": "0"},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("prepared ")
     reference = tmp_path / "ref"

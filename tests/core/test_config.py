@@ -13,21 +13,34 @@ def test_settings_defaults_without_environment():
 
 
 def test_settings_read_every_variable():
-    s = Settings.from_env({
-        "VIRNUCPRO_DISABLE_COMPILE": "1", "VIRNUCPRO_METRICS_DB": "/tmp/m.duckdb",
-        "VIRNUCPRO_LOG_LEVEL": "debug", "VIRNUCPRO_NUM_WORKERS": "3",
-        "VIRNUCPRO_TOKEN_BUDGET": "4096", "VIRNUCPRO_PROGRESS": "off",
-    })
+    s = Settings.from_env(
+        {
+            "VIRNUCPRO_DISABLE_COMPILE": "1",
+            "VIRNUCPRO_METRICS_DB": "/tmp/m.duckdb",
+            "VIRNUCPRO_LOG_LEVEL": "debug",
+            "VIRNUCPRO_NUM_WORKERS": "3",
+            "VIRNUCPRO_TOKEN_BUDGET": "4096",
+            "VIRNUCPRO_PROGRESS": "off",
+        }
+    )
     assert s.disable_compile and not s.progress
-    assert (s.metrics_db, s.log_level, s.num_workers, s.token_budget) == (Path("/tmp/m.duckdb"), "DEBUG", 3, 4096)
+    assert (s.metrics_db, s.log_level, s.num_workers, s.token_budget) == (
+        Path("/tmp/m.duckdb"),
+        "DEBUG",
+        3,
+        4096,
+    )
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({"VIRNUCPRO_DISABLE_COMPILE": "maybe"}, "VIRNUCPRO_DISABLE_COMPILE='maybe'"),
-    ({"VIRNUCPRO_NUM_WORKERS": "two"}, "VIRNUCPRO_NUM_WORKERS='two'"),
-    ({"VIRNUCPRO_TOKEN_BUDGET": "3"}, "VIRNUCPRO_TOKEN_BUDGET=3"),
-    ({"VIRNUCPRO_LOG_LEVEL": "loud"}, "LOUD"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"VIRNUCPRO_DISABLE_COMPILE": "maybe"}, "VIRNUCPRO_DISABLE_COMPILE='maybe'"),
+        ({"VIRNUCPRO_NUM_WORKERS": "two"}, "VIRNUCPRO_NUM_WORKERS='two'"),
+        ({"VIRNUCPRO_TOKEN_BUDGET": "3"}, "VIRNUCPRO_TOKEN_BUDGET=3"),
+        ({"VIRNUCPRO_LOG_LEVEL": "loud"}, "LOUD"),
+    ],
+)
 def test_settings_reject_bad_values_naming_them(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)

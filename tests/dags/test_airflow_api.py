@@ -1,5 +1,6 @@
 """A real local Airflow (scripts/airflow_serve.sh): loopback-only listeners, the gpu pool, and a
 production run triggered and finished through the REST API."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,12 +24,16 @@ def test_rest_api_triggers_a_predict_run(tmp_path, serve_factory):  # noqa: F811
 
     # The API validates conf against the DAG's Param schema before creating a run.
     with pytest.raises(AssertionError, match="400"):
-        server.request("POST", "/api/v2/dags/virnucpro_predict/dagRuns",
-                       {"logical_date": None, "conf": {"input_path": str(fasta), "precision": "fp8"}})
+        server.request(
+            "POST",
+            "/api/v2/dags/virnucpro_predict/dagRuns",
+            {"logical_date": None, "conf": {"input_path": str(fasta), "precision": "fp8"}},
+        )
 
     run_dir = tmp_path / "run"
-    tis = server.run_to_success("virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"),
-                                timeout=300)
+    tis = server.run_to_success(
+        "virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"), timeout=300
+    )
     assert tis["embed"]["pool"] == "gpu" and tis["embed"]["queue"] == "gpu"
     assert all(ti["state"] == "success" for ti in tis.values()), tis
     lines = (run_dir / "prediction_results.txt").read_text().splitlines()

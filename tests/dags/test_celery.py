@@ -1,5 +1,6 @@
 """The production DAG on CeleryExecutor with a real broker on loopback and two workers: one for
 the default queue, one for the "gpu" queue that the embed tasks ask for."""
+
 from __future__ import annotations
 
 import random
@@ -29,16 +30,20 @@ def test_celery_workers_run_the_predict_dag(tmp_path, serve_factory):  # noqa: F
         pytest.skip("no Celery broker on 127.0.0.1 (Redis :6379 or RabbitMQ :5672)")
     broker_url, backend = broker
     fasta = write_tiny_fasta(tmp_path / "tiny.fa")
-    env = {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW__CELERY__BROKER_URL": broker_url,
-           "CELERY_WORKER_QUEUES": "default gpu"}
+    env = {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "CELERY_WORKER_QUEUES": "default gpu",
+    }
     if backend:
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = backend
     server = serve_factory(tmp_path / "home", env=env)
     server.login()
     server.wait_for_dag("virnucpro_predict")
     run_dir = tmp_path / "run"
-    tis = server.run_to_success("virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"),
-                                timeout=360)
+    tis = server.run_to_success(
+        "virnucpro_predict", demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb"), timeout=360
+    )
     assert tis["embed"]["queue"] == "gpu" and tis["prepare"]["queue"] == "default"
     # Each worker only consumed its own queue.
     logs = tmp_path / "home" / "logs" / "services"

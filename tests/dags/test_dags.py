@@ -1,4 +1,5 @@
 """The Airflow DAGs: parsing, parameters, structure, and in-process runs on tiny demo models."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ print("TORCH", "torch" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.split(" ", 1)[0] in
-                 {"ERRORS", "WARNINGS", "DAGS", "TORCH"})
+    lines = dict(
+        line.split(" ", 1)
+        for line in out.stdout.splitlines()
+        if line.split(" ", 1)[0] in {"ERRORS", "WARNINGS", "DAGS", "TORCH"}
+    )
     assert lines["ERRORS"] == "{}"
     assert lines["WARNINGS"] == "[]"
     assert lines["DAGS"] == "['virnucpro_nightly', 'virnucpro_predict']"
@@ -59,8 +63,19 @@ def test_predict_dag_structure(dagbag):
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     assert isinstance(embed, MappedOperator)
-    for name in ("input_path", "output_dir", "chunk_size", "esm_model", "dnabert_model", "classifier",
-                 "precision", "attention", "gpu_slots", "resume", "demo"):
+    for name in (
+        "input_path",
+        "output_dir",
+        "chunk_size",
+        "esm_model",
+        "dnabert_model",
+        "classifier",
+        "precision",
+        "attention",
+        "gpu_slots",
+        "resume",
+        "demo",
+    ):
         assert name in dag.params
 
 
@@ -76,13 +91,16 @@ def test_nightly_dag_structure(dagbag):
     assert {"equivalence", "regressions", "report"} <= gate.upstream_task_ids
 
 
-@pytest.mark.parametrize("bad", [
-    {"precision": "fp8"},
-    {"attention": "magic"},
-    {"gpu_slots": -1},
-    {"chunk_size": 2},
-    {"resume": "yes please"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"precision": "fp8"},
+        {"attention": "magic"},
+        {"gpu_slots": -1},
+        {"chunk_size": 2},
+        {"resume": "yes please"},
+    ],
+)
 def test_bad_params_are_rejected(dagbag, airflow_db, tmp_path, bad):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -113,8 +131,22 @@ def test_predict_dag_matches_cli_demo(dagbag, airflow_db, tmp_path):
     dag = dagbag.dags["virnucpro_predict"]
     assert _run_state(dag, demo_conf(fasta, run_dir, db)) == "success"
 
-    cli = subprocess.run([str(Path(sys.executable).parent / "virnucpro"), "predict", str(fasta), "-o", str(cli_dir),
-                          "--demo", "--chunk-size", "60"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "virnucpro"),
+            "predict",
+            str(fasta),
+            "-o",
+            str(cli_dir),
+            "--demo",
+            "--chunk-size",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "record_summary.tsv"):
         dag_text = (run_dir / name).read_text()
@@ -136,8 +168,13 @@ def test_predict_dag_matches_cli_demo(dagbag, airflow_db, tmp_path):
     from pipeline.run.steps import classify_step, embed_step, merge_step
 
     before = (run_dir / "prediction_results.txt").read_bytes()
-    params = demo_conf(fasta, run_dir, db) | {"chunk_size": 60, "precision": "auto", "attention": "auto",
-                                              "resume": False, "classifier": "random"}
+    params = demo_conf(fasta, run_dir, db) | {
+        "chunk_size": 60,
+        "precision": "auto",
+        "attention": "auto",
+        "resume": False,
+        "classifier": "random",
+    }
     shard = sorted((run_dir / "shards").glob("shard-*.parquet"))[0]
     embed_step(params, run_dir, str(shard), map_index=0, try_number=2)
     classify_step(params, run_dir, [str(shard)])
@@ -178,11 +215,24 @@ def test_device_for_slot():
 def test_predict_config_from_params(tmp_path):
     from pipeline.run.steps import predict_config
 
-    base = {"input_path": str(tmp_path / "in.fa"), "chunk_size": 300, "esm_model": "esm2_t33_650M_UR50D",
-            "dnabert_model": "zhihan1996/DNABERT-S", "classifier": "300_model.pth", "precision": "auto",
-            "attention": "sdpa", "gpu_slots": 2, "resume": False, "demo": False}
+    base = {
+        "input_path": str(tmp_path / "in.fa"),
+        "chunk_size": 300,
+        "esm_model": "esm2_t33_650M_UR50D",
+        "dnabert_model": "zhihan1996/DNABERT-S",
+        "classifier": "300_model.pth",
+        "precision": "auto",
+        "attention": "sdpa",
+        "gpu_slots": 2,
+        "resume": False,
+        "demo": False,
+    }
     cfg = predict_config(base, tmp_path / "out")
-    assert (cfg.esm.model, cfg.esm.precision, cfg.dnabert.attention) == ("esm2_t33_650M_UR50D", "fp16", "sdpa")
+    assert (cfg.esm.model, cfg.esm.precision, cfg.dnabert.attention) == (
+        "esm2_t33_650M_UR50D",
+        "fp16",
+        "sdpa",
+    )
     assert cfg.chunk_size == 300 and cfg.classifier == "300_model.pth" and cfg.gpus == ()
     demo = predict_config(base | {"demo": True, "gpu_slots": 0}, tmp_path / "out")
     assert demo.esm.model.startswith("random:") and demo.dnabert.model.startswith("random:")
@@ -209,15 +259,33 @@ def test_gate_step(tmp_path):
     ok = tmp_path / "ok.json"
     ok.write_text(json.dumps({"schema": "virnucpro.validate/1", "passed": True, "results": [row]}))
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"schema": "virnucpro.validate/1", "passed": False,
-                               "results": [row | {"passed": False, "cos_min": 0.91}]}))
+    bad.write_text(
+        json.dumps(
+            {
+                "schema": "virnucpro.validate/1",
+                "passed": False,
+                "results": [row | {"passed": False, "cos_min": 0.91}],
+            }
+        )
+    )
     regressions = tmp_path / "regressions.json"
     regressions.write_text(json.dumps([{"metric": "embed", "regressed": False, "slowdown": 0.01}]))
     gate_step(str(ok), str(regressions))  # nothing failed: no exception
     with pytest.raises(ThresholdFailed, match="cos_min=0.91"):
         gate_step(str(bad), str(regressions))
-    regressions.write_text(json.dumps([{"metric": "embed", "regressed": True, "slowdown": 0.4,
-                                        "reference_value": 10.0, "current_value": 6.0}]))
+    regressions.write_text(
+        json.dumps(
+            [
+                {
+                    "metric": "embed",
+                    "regressed": True,
+                    "slowdown": 0.4,
+                    "reference_value": 10.0,
+                    "current_value": 6.0,
+                }
+            ]
+        )
+    )
     with pytest.raises(ThresholdFailed, match="40% worse"):
         gate_step(str(ok), str(regressions))
 
@@ -240,8 +308,14 @@ def test_nightly_threshold_failure_fails_the_run_after_the_report(dagbag, airflo
     run_dir = tmp_path / "nightly"
     dag = dagbag.dags["virnucpro_nightly"]
     # bf16 embeddings never reach cosine 1.0 against fp32 for every frame: the check must fail.
-    conf = demo_conf(fasta, run_dir, tmp_path / "metrics.duckdb", skip_benchmarks=True,
-                     validation_sequences=4, min_cosine=1.0)
+    conf = demo_conf(
+        fasta,
+        run_dir,
+        tmp_path / "metrics.duckdb",
+        skip_benchmarks=True,
+        validation_sequences=4,
+        min_cosine=1.0,
+    )
     run = dag.test(run_conf=conf)
     assert str(getattr(run.state, "value", run.state)) == "failed"
     states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
@@ -259,7 +333,8 @@ def test_nightly_regression_step_compares_with_a_pinned_baseline(tmp_path):
 
     db = tmp_path / "m.duckdb"
     MetricsStore(db).ingest_files(samples.write_samples(tmp_path / "in"))
-    rows = json.loads(Path(regression_step(db, 0.10, tmp_path / "run",
-                                           baseline="20261118T020000Z-sample18")).read_text())
+    rows = json.loads(
+        Path(regression_step(db, 0.10, tmp_path / "run", baseline="20261118T020000Z-sample18")).read_text()
+    )
     assert {r["reference"] for r in rows} == {"previous", "baseline"}
     assert any(r["regressed"] and r["reference"] == "baseline" for r in rows)

@@ -1,4 +1,5 @@
 """Part files: atomic write, marker validation, memory-mapped multi-directory reading."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,19 @@ def make_dir(path: Path, ids: list[str], vectors: np.ndarray, part_size: int, **
     for p in range(n_parts):
         sl = slice(p * part_size, (p + 1) * part_size)
         write_part(path, p, ids[sl], vectors[sl], "fp")
-    base = {"format": FORMAT, "kind": "esm2", "model": "m", "repr_layer": 6, "hidden_size": vectors.shape[1],
-            "precision": "fp32", "dtype": "float32", "fingerprint": "fp", "n_rows": len(ids),
-            "n_parts": n_parts, "complete": True}
+    base = {
+        "format": FORMAT,
+        "kind": "esm2",
+        "model": "m",
+        "repr_layer": 6,
+        "hidden_size": vectors.shape[1],
+        "precision": "fp32",
+        "dtype": "float32",
+        "fingerprint": "fp",
+        "n_rows": len(ids),
+        "n_parts": n_parts,
+        "complete": True,
+    }
     base.update(meta)
     write_metadata(path, base)
     return path
@@ -63,7 +74,9 @@ def test_marker_contents_and_check(tmp_path: Path) -> None:
     assert on_disk == marker and marker["rows"] == 2 and marker["dim"] == 3
     assert len(marker["vectors"]["sha256"]) == 64
     assert check_part(tmp_path, 0, expected_ids=["x", "y"], dim=3, fingerprint="fp") is None
-    assert check_part(tmp_path, 0, expected_ids=["y", "x"]) == "ids differ from the rows this part should hold"
+    assert (
+        check_part(tmp_path, 0, expected_ids=["y", "x"]) == "ids differ from the rows this part should hold"
+    )
     assert check_part(tmp_path, 0, dim=5) == "vectors are 3-d, expected 5-d"
     assert check_part(tmp_path, 0, fingerprint="other") == "marker was written for other input"
     assert check_part(tmp_path, 1) == "no completion marker"
@@ -77,7 +90,7 @@ def test_corruption_is_detected(tmp_path: Path) -> None:
     raw[-1] ^= 1
     files.vectors.write_bytes(bytes(raw))
     assert "checksum" in check_part(tmp_path, 0)
-    assert check_part(tmp_path, 0, verify_checksums=False) is None   # same size: only the hash sees it
+    assert check_part(tmp_path, 0, verify_checksums=False) is None  # same size: only the hash sees it
     files.vectors.write_bytes(bytes(raw[:-4]))
     assert "bytes, marker says" in check_part(tmp_path, 0)
     files.marker.write_text("{not json")

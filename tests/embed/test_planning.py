@@ -1,4 +1,5 @@
 """FFD token-budget packing: every row in exactly once, budgets respected, FFD order."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,9 +43,9 @@ def test_hand_worked_example() -> None:
 
 def test_oversize_rows_get_their_own_batch_and_are_kept() -> None:
     batches = plan_batches([3, 50, 4, 12, 2], 10)
-    assert batches[:2] == [[1], [3]]           # 50 and 12 exceed the budget: alone, longest first
+    assert batches[:2] == [[1], [3]]  # 50 and 12 exceed the budget: alone, longest first
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
-    assert batches[2:] == [[2, 0, 4]]          # 4 + 3 + 2 = 9 <= 10
+    assert batches[2:] == [[2, 0, 4]]  # 4 + 3 + 2 = 9 <= 10
 
 
 def test_equal_lengths_fill_bins_exactly() -> None:
@@ -66,15 +67,17 @@ def test_length_sorted_order_is_stable_descending() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=70), min_size=0, max_size=300),
-       st.integers(min_value=1, max_value=64))
+@given(
+    st.lists(st.integers(min_value=1, max_value=70), min_size=0, max_size=300),
+    st.integers(min_value=1, max_value=64),
+)
 def test_matches_textbook_ffd_and_counts_every_id(lengths: list[int], budget: int) -> None:
     batches = plan_batches(lengths, budget)
     flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(len(lengths)))          # every id in, exactly once
+    assert sorted(flat) == list(range(len(lengths)))  # every id in, exactly once
     for b in batches:
         total = sum(lengths[i] for i in b)
-        assert total <= budget or len(b) == 1                  # only a lone oversize row may exceed
+        assert total <= budget or len(b) == 1  # only a lone oversize row may exceed
     assert batches == _naive_ffd(lengths, budget)
 
 
@@ -95,16 +98,19 @@ def test_efficiency_counts_oversize_capacity_as_its_length() -> None:
 
 
 def test_choose_token_budget() -> None:
-    assert choose_token_budget(device_type="cpu", hidden_size=320, dtype_bytes=4,
-                               free_bytes=None) == 2048
-    assert choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2,
-                               free_bytes=None, override=777) == 777
+    assert choose_token_budget(device_type="cpu", hidden_size=320, dtype_bytes=4, free_bytes=None) == 2048
+    assert (
+        choose_token_budget(
+            device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=None, override=777
+        )
+        == 777
+    )
     # 100 GiB free, 2560-wide fp16 model: capped at the upper bound
-    assert choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2,
-                               free_bytes=100 * 2**30) == 32768
+    assert (
+        choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=100 * 2**30)
+        == 32768
+    )
     # 1 GiB free: floor of the device range
-    assert choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2,
-                               free_bytes=2**30) == 4096
+    assert choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=2**30) == 4096
     with pytest.raises(ConfigError):
-        choose_token_budget(device_type="cpu", hidden_size=1, dtype_bytes=4, free_bytes=None,
-                            override=3)
+        choose_token_budget(device_type="cpu", hidden_size=1, dtype_bytes=4, free_bytes=None, override=3)

@@ -1,4 +1,5 @@
 """Kill / SIGTERM / corruption / mismatch: resumed outputs equal an uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from pipeline.embed.runner import embed_shard
 
 ESM = "random:esm2_t6_8M_UR50D"
 AA = "ACDEFGHIKLMNPQRSTVWY"
-N_SEQS, PART_SIZE = 24, 4          # 6 parts
+N_SEQS, PART_SIZE = 24, 4  # 6 parts
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the real CLI in a child process, each packed batch slowed down by a pause, so that the parent
@@ -46,15 +47,27 @@ def proteins(n: int, seed: int = 0) -> list[str]:
 
 
 def write_shard(path: Path, seqs: list[str]) -> Path:
-    pd.DataFrame({"id": [f"r{i}_F{1 + i % 3}" for i in range(len(seqs))],
-                  "nucleotide": ["ACG" * len(s) for s in seqs], "protein": seqs}).to_parquet(path, index=False)
+    pd.DataFrame(
+        {
+            "id": [f"r{i}_F{1 + i % 3}" for i in range(len(seqs))],
+            "nucleotide": ["ACG" * len(s) for s in seqs],
+            "protein": seqs,
+        }
+    ).to_parquet(path, index=False)
     return path
 
 
 def cfg(resume: bool = False, **enc) -> EmbedConfig:
     enc.setdefault("model", ESM)
-    return EmbedConfig(encoder=EncoderConfig(**enc), device="cpu", token_budget=96, num_workers=0,
-                       part_size=PART_SIZE, resume=resume, progress=False)
+    return EmbedConfig(
+        encoder=EncoderConfig(**enc),
+        device="cpu",
+        token_budget=96,
+        num_workers=0,
+        part_size=PART_SIZE,
+        resume=resume,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +107,36 @@ def markers(out: Path) -> int:
 
 
 def start_child(shard: Path, out: Path, pause: float, resume: bool = False) -> subprocess.Popen:
-    args = ["embed", str(shard), "--kind", "esm2", "--model", ESM, "-o", str(out), "--device", "cpu",
-            "--precision", "fp32", "--token-budget", "96", "--part-size", str(PART_SIZE), "--num-workers", "0"]
+    args = [
+        "embed",
+        str(shard),
+        "--kind",
+        "esm2",
+        "--model",
+        ESM,
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--token-budget",
+        "96",
+        "--part-size",
+        str(PART_SIZE),
+        "--num-workers",
+        "0",
+    ]
     args += ["--resume"] if resume else []
     env = {**os.environ, "VIRNUCPRO_PROGRESS": "0"}
-    return subprocess.Popen([sys.executable, "-c", RUNNER, str(pause), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(pause), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_markers(child: subprocess.Popen, out: Path, k: int, timeout: float = 90.0) -> None:
@@ -123,7 +160,7 @@ def test_sigkill_after_two_parts_then_resume_equals_uninterrupted(tmp_path: Path
     child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     done_at_kill = markers(out)
-    assert 2 <= done_at_kill < N_SEQS // PART_SIZE          # really interrupted mid-shard
+    assert 2 <= done_at_kill < N_SEQS // PART_SIZE  # really interrupted mid-shard
     assert read_metadata(out)["complete"] is False
     with pytest.raises(OutputIntegrityError, match="incomplete"):
         open_embeddings(out)
@@ -148,7 +185,7 @@ def test_sigterm_after_one_part_then_sigkill_during_resume(tmp_path: Path, refer
     assert "rerun with --resume" in err
     n = markers(out)
     assert 1 <= n < N_SEQS // PART_SIZE - 1
-    for p in range(n):                                   # every marked part is complete and intact
+    for p in range(n):  # every marked part is complete and intact
         assert check_part(out, p) is None
     assert json.loads((out / "run_record.json").read_text())["status"] == "interrupted"
     # resume in a child, and SIGKILL that one after it has added one more part
@@ -169,10 +206,10 @@ def test_corrupted_and_partial_parts_are_redone(tmp_path: Path, reference, encod
     data = bytearray(PartFiles(out, 1).vectors.read_bytes())
     data[-3] ^= 0xFF
     PartFiles(out, 1).vectors.write_bytes(bytes(data))
-    PartFiles(out, 2).marker.unlink()                       # part 2: vectors written, marker missing
+    PartFiles(out, 2).marker.unlink()  # part 2: vectors written, marker missing
     ids3 = PartFiles(out, 3).ids
-    ids3.write_text(ids3.read_text()[:-4])                  # part 3: truncated ids file
-    PartFiles(out, 4).vectors.unlink()                      # part 4: marker without its vectors
+    ids3.write_text(ids3.read_text()[:-4])  # part 3: truncated ids file
+    PartFiles(out, 4).vectors.unlink()  # part 4: marker without its vectors
     (out / ".part-00005.npy.abc.tmp").write_bytes(b"junk")  # leftover of a killed atomic write
     assert "checksum" in check_part(out, 1)
     with pytest.raises(OutputIntegrityError, match="part 1 is not valid"):

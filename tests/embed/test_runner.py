@@ -1,4 +1,5 @@
 """The shard runner: packed batches -> pooled rows -> parts, against per-sequence references."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ class ToyEncoder(PackedEncoder):
         super().__init__()
         torch.manual_seed(0)
         self.emb = torch.nn.Embedding(23, dim)
-        self.info = EncoderInfo(kind="esm2", spec="toy", hidden_size=dim, num_layers=1, repr_layer=1,
-                                max_tokens=64, params=23 * dim)
+        self.info = EncoderInfo(
+            kind="esm2",
+            spec="toy",
+            hidden_size=dim,
+            num_layers=1,
+            repr_layer=1,
+            max_tokens=64,
+            params=23 * dim,
+        )
         self.backend = "toy"
         self.tokenizer = CharTokenizer()
         self.poison = poison
@@ -54,7 +62,7 @@ class ToyEncoder(PackedEncoder):
     def pool(self, hidden, cu_seqlens):
         out = []
         for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-            out.append(hidden[a + 1:b - 1].mean(0))
+            out.append(hidden[a + 1 : b - 1].mean(0))
         return torch.stack(out).float()
 
     def embed_packed(self, input_ids, cu_seqlens, max_seqlen):
@@ -83,14 +91,21 @@ def random_proteins(n: int, seed: int = 0, lo: int = 3, hi: int = 40) -> list[st
 
 def write_shard(path: Path, proteins: list[str], ids: list[str] | None = None) -> Path:
     ids = ids or [f"seq{i}_F1" for i in range(len(proteins))]
-    pd.DataFrame({"id": ids, "nucleotide": ["ACG" * len(p) for p in proteins], "protein": proteins}
-                 ).to_parquet(path, index=False)
+    pd.DataFrame(
+        {"id": ids, "nucleotide": ["ACG" * len(p) for p in proteins], "protein": proteins}
+    ).to_parquet(path, index=False)
     return path
 
 
 def cfg(**kw) -> EmbedConfig:
-    base = dict(encoder=EncoderConfig("toy"), device="cpu", token_budget=64, num_workers=0,
-                part_size=7, progress=False)
+    base = dict(
+        encoder=EncoderConfig("toy"),
+        device="cpu",
+        token_budget=64,
+        num_workers=0,
+        part_size=7,
+        progress=False,
+    )
     base.update(kw)
     return EmbedConfig(**base)
 
@@ -216,6 +231,7 @@ def test_empty_shard(tmp_path: Path) -> None:
 
 # ---- real tiny random models: packed runner vs the model's own padded fp32 reference -----------
 
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -237,9 +253,28 @@ def test_cli_esm2_shard_matches_reference(tmp_path: Path, one_thread) -> None:
 
     seqs = random_proteins(18, seed=3, lo=5, hi=60)
     shard = write_shard(tmp_path / "shard-000.parquet", seqs)
-    result = CliRunner().invoke(cli, ["embed", str(shard), "--kind", "esm2", "--model", "random:esm2_t6_8M_UR50D",
-                                      "-o", str(tmp_path / "out"), "--device", "cpu", "--token-budget", "128",
-                                      "--part-size", "5", "--num-workers", "0"], env={"VIRNUCPRO_PROGRESS": "0"})
+    result = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(shard),
+            "--kind",
+            "esm2",
+            "--model",
+            "random:esm2_t6_8M_UR50D",
+            "-o",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--token-budget",
+            "128",
+            "--part-size",
+            "5",
+            "--num-workers",
+            "0",
+        ],
+        env={"VIRNUCPRO_PROGRESS": "0"},
+    )
     assert result.exit_code == 0, result.output
     assert "embedded 18 sequences" in result.output
     es = open_embeddings(tmp_path / "out")
@@ -282,8 +317,12 @@ def test_cuda_runner_matches_reference(tmp_path: Path) -> None:
 
     seqs = random_proteins(200, seed=4, lo=5, hi=120)
     shard = write_shard(tmp_path / "s.parquet", seqs)
-    c = cfg(encoder=EncoderConfig("random:esm2_t6_8M_UR50D", precision="fp16"), device="cuda",
-            token_budget=1024, part_size=32)
+    c = cfg(
+        encoder=EncoderConfig("random:esm2_t6_8M_UR50D", precision="fp16"),
+        device="cuda",
+        token_budget=1024,
+        part_size=32,
+    )
     record = embed_shard(shard, None, "esm2", c, tmp_path / "out")
     stage = record["stages"][0]
     assert stage["device_idle_fraction"] is not None and 0 <= stage["device_idle_fraction"] <= 1

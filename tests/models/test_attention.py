@@ -1,4 +1,5 @@
 """pipeline.models.attention: backend resolution and the packed kernels against a per-sequence loop."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,7 @@ def naive(q, k, v, lengths, scale, slopes=None):
     """Softmax attention written out per sequence (float64), the ground truth."""
     outs, start = [], 0
     for n in lengths:
-        qq, kk, vv = (x[start:start + n].double().transpose(0, 1) for x in (q, k, v))  # (H, n, Dh)
+        qq, kk, vv = (x[start : start + n].double().transpose(0, 1) for x in (q, k, v))  # (H, n, Dh)
         scores = qq @ kk.transpose(-1, -2) * scale
         if slopes is not None:
             idx = torch.arange(n)
@@ -129,6 +130,14 @@ def test_cuda_backends_agree_with_naive(dtype, slopes):
     q, k, v = (t.to(dtype) for t in (q, k, v))
     want = naive(q.cpu().float(), k.cpu().float(), v.cpu().float(), LENGTHS, 0.125, slopes)
     for backend in available_backends(q.device, alibi=slopes is not None, dtype=dtype):
-        out = varlen_attention(q, k, v, cu, max(LENGTHS), backend=backend, scale=0.125,
-                               alibi_slopes=None if slopes is None else slopes.cuda())
+        out = varlen_attention(
+            q,
+            k,
+            v,
+            cu,
+            max(LENGTHS),
+            backend=backend,
+            scale=0.125,
+            alibi_slopes=None if slopes is None else slopes.cuda(),
+        )
         torch.testing.assert_close(out.float().cpu(), want, atol=2e-2, rtol=2e-2, msg=backend)

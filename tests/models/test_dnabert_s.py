@@ -1,4 +1,5 @@
 """DNABERT-S: tokenizer, loader (real checkpoint layout), packed forward vs reference vs an oracle."""
+
 from __future__ import annotations
 
 import json
@@ -51,6 +52,7 @@ def sequences():
 
 # --- slopes and tokenizer -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("heads", [4, 6, 12])
 def test_alibi_slopes_match_written_out_values(heads):
     assert alibi_slopes(heads) == pytest.approx(fx.SLOPES[heads], rel=1e-12)
@@ -92,6 +94,7 @@ def test_random_tokenizer_is_deterministic_and_dna_sized():
 
 # --- packed forward -------------------------------------------------------------------------
 
+
 def test_packed_matches_padded_reference_on_mixed_lengths(tiny, sequences):
     packed = _embed(tiny, sequences)
     reference = tiny.embed_reference(sequences, batch_size=3)  # several padded batches
@@ -132,7 +135,10 @@ def test_pool_is_mean_over_all_tokens_including_specials():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_stays_close_to_fp32_reference(precision, sequences):
     low = load_dnabert_s(EncoderConfig("random:dnabert-s-tiny", seed=3, precision=precision), "cpu")
-    assert low.bert.encoder.layer[0].mlp.wo.weight.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert (
+        low.bert.encoder.layer[0].mlp.wo.weight.dtype
+        == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    )
     assert low.alibi_slopes.dtype == torch.float32
     fp32 = load_dnabert_s(EncoderConfig("random:dnabert-s-tiny", seed=3), "cpu")
     cos = _cos(_embed(low, sequences[2:]), fp32.embed_reference(sequences[2:]))
@@ -141,7 +147,10 @@ def test_low_precision_stays_close_to_fp32_reference(precision, sequences):
 
 # --- loader on checkpoints in the real layout ------------------------------------------------
 
-@pytest.mark.parametrize("fmt,prefix", [("safetensors", ""), ("safetensors", "bert."), ("bin", ""), ("bin", "bert.")])
+
+@pytest.mark.parametrize(
+    "fmt,prefix", [("safetensors", ""), ("safetensors", "bert."), ("bin", ""), ("bin", "bert.")]
+)
 def test_loader_round_trips_checkpoint_against_oracle(tmp_path, fmt, prefix):
     cfg = fx.config_dict()  # 6 heads: the non-power-of-two ALiBi slope rule
     state = fx.state_dict_for(cfg, seed=1)
@@ -242,7 +251,9 @@ def test_unknown_random_name_is_reported():
 
 
 def test_config_fields_are_read_from_real_config():
-    arch = DNABERTArch.from_config(fx.config_dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=4096))
+    arch = DNABERTArch.from_config(
+        fx.config_dict(hidden=768, layers=12, heads=12, intermediate=3072, vocab=4096)
+    )
     assert arch == DNABERTArch()
 
 
@@ -265,8 +276,9 @@ def test_non_finite_embeddings_are_flagged_and_reported():
 def test_registry_loads_dnabert_through_the_shared_runner_entry():
     from pipeline.models.registry import load_encoder
 
-    model = load_encoder("dnabert-s", EncoderConfig("random:dnabert-s-tiny", compile=True), "cpu",
-                         disable_compile=True)
+    model = load_encoder(
+        "dnabert-s", EncoderConfig("random:dnabert-s-tiny", compile=True), "cpu", disable_compile=True
+    )
     assert model.info.kind == "dnabert-s" and model.info.hidden_size == 64
     from pipeline.models.dnabert_s.model import _out_and_mlp
 

@@ -1,4 +1,5 @@
 """The full-size random DNABERT-S: real architecture, 4096-token BPE vocabulary, on CPU."""
+
 from __future__ import annotations
 
 import fixtures.dnabert as fx

@@ -1,4 +1,5 @@
 """Packed ESM-2 against fair-esm's own forward, input checks, pooling and NaN detection (CPU, 8M model)."""
+
 from __future__ import annotations
 
 import pickle
@@ -34,7 +35,7 @@ def fair_esm_mean(model: PackedESM2, seq: str) -> torch.Tensor:
     alphabet = model.esm.alphabet
     tokens = torch.tensor([[alphabet.cls_idx, *alphabet.encode(seq), alphabet.eos_idx]])
     rep = model.esm(tokens, repr_layers=[model.num_layers])["representations"][model.num_layers]
-    return rep[0, 1:len(seq) + 1].mean(0)
+    return rep[0, 1 : len(seq) + 1].mean(0)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,9 @@ def test_reference_backend_returns_packed_hidden(model):
     hidden = ref(ids, cu, maxlen)
     assert hidden.shape == (ids.numel(), 320)
     torch.testing.assert_close(hidden, model(ids, cu, maxlen), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ref.embed_reference(seqs), model.embed_packed(ids, cu, maxlen), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ref.embed_reference(seqs), model.embed_packed(ids, cu, maxlen), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_bf16_close_to_fp32(model):
@@ -147,12 +150,15 @@ def test_empty_batch_is_an_input_error(model):
         model(torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int32), 0)
 
 
-@pytest.mark.parametrize(("cu", "match"), [
-    ([1, 4, 7], "start at 0"),
-    ([0, 5, 4, 7], "strictly increasing"),
-    ([0, 3, 3, 7], "strictly increasing"),
-    ([0, 4, 6], "must equal the number of packed tokens"),
-])
+@pytest.mark.parametrize(
+    ("cu", "match"),
+    [
+        ([1, 4, 7], "start at 0"),
+        ([0, 5, 4, 7], "strictly increasing"),
+        ([0, 3, 3, 7], "strictly increasing"),
+        ([0, 4, 6], "must equal the number of packed tokens"),
+    ],
+)
 def test_bad_cu_seqlens(model, cu, match):
     ids = torch.tensor([0, 5, 6, 2, 0, 7, 2])
     with pytest.raises(InputError, match=match):
@@ -186,8 +192,10 @@ def test_tokenizer_matches_fair_esm_alphabet():
     assert clone.encode(seq).tolist() == expected
 
 
-@pytest.mark.parametrize(("seq", "match"), [("MK*L", r"'\*' at position 2"), ("mkl", "'m' at position 0"),
-                                            ("", "empty"), ("MKé", "non-ASCII")])
+@pytest.mark.parametrize(
+    ("seq", "match"),
+    [("MK*L", r"'\*' at position 2"), ("mkl", "'m' at position 0"), ("", "empty"), ("MKé", "non-ASCII")],
+)
 def test_tokenizer_rejects_what_fair_esm_cannot_encode(seq, match):
     with pytest.raises(InputError, match=match):
         ESM2Tokenizer.default().encode(seq)

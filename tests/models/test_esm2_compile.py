@@ -1,5 +1,6 @@
 """torch.compile of the packed ESM-2 layer: the attention backend stays inside the compiled graph,
 outputs match eager, and one graph serves every layer and batch shape."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,12 @@ SPEC = "random:esm2_t6_8M_UR50D"
 
 def batch(model, lengths, seed=0):
     rng = np.random.default_rng(seed)
-    ids = [torch.from_numpy(model.tokenizer.encode("".join("ACDEFGHIKLMNPQRSTVWY"[i] for i in rng.integers(0, 20, n))))
-           for n in lengths]
+    ids = [
+        torch.from_numpy(
+            model.tokenizer.encode("".join("ACDEFGHIKLMNPQRSTVWY"[i] for i in rng.integers(0, 20, n)))
+        )
+        for n in lengths
+    ]
     cu = torch.tensor([0, *np.cumsum([t.numel() for t in ids])], dtype=torch.int32)
     return torch.cat(ids), cu, max(t.numel() for t in ids)
 

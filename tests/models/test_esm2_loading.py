@@ -1,5 +1,6 @@
 """ESM-2 model specifiers: fair-esm-format checkpoints (round trip through fair-esm's own loader),
 the torch hub cache, the safe unpickler, and the registry."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def pooled(model, seqs):
         for s in seqs:
             toks = torch.tensor([[alphabet.cls_idx, *alphabet.encode(s), alphabet.eos_idx]])
             rep = model(toks, repr_layers=[model.num_layers])["representations"][model.num_layers]
-            out.append(rep[0, 1:len(s) + 1].mean(0))
+            out.append(rep[0, 1 : len(s) + 1].mean(0))
     return torch.stack(out)
 
 
@@ -109,8 +110,14 @@ def test_hub_cache_name(checkpoint, tmp_path):
 def test_unsafe_checkpoint_refused(tmp_path, capsys):
     path = tmp_path / "esm2_evil.pt"
     model = tiny_fair_esm()
-    torch.save({"model": model.state_dict(), "cfg": {"model": argparse.Namespace(encoder_layers=2)},
-                "extra": Exploit()}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "cfg": {"model": argparse.Namespace(encoder_layers=2)},
+            "extra": Exploit(),
+        },
+        path,
+    )
     with pytest.raises(ModelLoadError, match="refused"):
         load_esm2(EncoderConfig(str(path)), "cpu")
     assert "code ran" not in capsys.readouterr().out
@@ -140,9 +147,13 @@ def test_missing_path_or_name():
 
 def test_registry():
     assert KIND_COLUMN == {"esm2": "protein", "dnabert-s": "nucleotide"}
-    model = load_encoder("esm2", EncoderConfig("random:esm2_t6_8M_UR50D", compile=True), "cpu", disable_compile=True)
+    model = load_encoder(
+        "esm2", EncoderConfig("random:esm2_t6_8M_UR50D", compile=True), "cpu", disable_compile=True
+    )
     assert isinstance(model, PackedESM2) and not model.compiled
-    dna = load_encoder("dnabert-s", EncoderConfig("random:dnabert-s-tiny", compile=True), "cpu", disable_compile=True)
+    dna = load_encoder(
+        "dnabert-s", EncoderConfig("random:dnabert-s-tiny", compile=True), "cpu", disable_compile=True
+    )
     assert dna.info.kind == "dnabert-s"
     with pytest.raises(ConfigError, match="kind"):
         load_encoder("bert", EncoderConfig("random:esm2_t6_8M_UR50D"), "cpu")

@@ -1,4 +1,5 @@
 """FASTA reading: ids, case, gzip by magic bytes, and one test per class of bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -16,7 +17,9 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_ids_sequences_and_case(tmp_path: Path) -> None:
-    src = write(tmp_path / "a.fa", ">seq1 some description\nACGTacgt\nNNRY\n>seq2\tdesc\r\nAC GT\r\n\n>seq3\nu\n")
+    src = write(
+        tmp_path / "a.fa", ">seq1 some description\nACGTacgt\nNNRY\n>seq2\tdesc\r\nAC GT\r\n\n>seq3\nu\n"
+    )
     assert list(read_fasta(src)) == [("seq1", "ACGTacgtNNRY"), ("seq2", "ACGT"), ("seq3", "u")]
 
 

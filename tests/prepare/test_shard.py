@@ -1,4 +1,5 @@
 """write_shards: length-sorted stride sharding of a hand-written prepared directory."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,25 @@ from pipeline.prepare.shard import write_shards
 PROTEINS = {"a_F1": "MKVLA", "a_R2": "MKVLAWQRST", "b_F1": "MKV", "b_F3": "QWERTYIPAS", "c_R1": "MKVLAWQ"}
 
 
-def make_prepared(root: Path, proteins: dict[str, str] = PROTEINS, nucleotides: dict[str, str] | None = None,
-                  frame_ids: list[str] | None = None) -> Path:
+def make_prepared(
+    root: Path,
+    proteins: dict[str, str] = PROTEINS,
+    nucleotides: dict[str, str] | None = None,
+    frame_ids: list[str] | None = None,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     nucleotides = nucleotides if nucleotides is not None else {i: "ACG" * len(p) for i, p in proteins.items()}
     ids = frame_ids or list(proteins)
-    pd.DataFrame({"id": ids, "record_id": [i.split("_")[0] for i in ids], "chunk_id": ids,
-                  "frame": [i.split("_")[1] for i in ids],
-                  "nt_length": [3 * len(proteins.get(i, "")) for i in ids],
-                  "aa_length": [len(proteins.get(i, "")) for i in ids]}).to_parquet(root / "frames.parquet")
+    pd.DataFrame(
+        {
+            "id": ids,
+            "record_id": [i.split("_")[0] for i in ids],
+            "chunk_id": ids,
+            "frame": [i.split("_")[1] for i in ids],
+            "nt_length": [3 * len(proteins.get(i, "")) for i in ids],
+            "aa_length": [len(proteins.get(i, "")) for i in ids],
+        }
+    ).to_parquet(root / "frames.parquet")
     # wrapped lines and a description after the id, as FASTA writers produce
     (root / "protein.faa").write_text("".join(f">{i} frame\n{p[:4]}\n{p[4:]}\n" for i, p in proteins.items()))
     (root / "nucleotide.fa").write_text("".join(f">{i}\n{s}\n" for i, s in nucleotides.items()))

@@ -1,6 +1,7 @@
 """Chunking and the prepared directory, checked against hand-worked values and against an
 independent, literal re-statement of the original tool (Biopython records + list-repetition
 overlaps + a per-codon dict translator)."""
+
 from __future__ import annotations
 
 import gzip
@@ -46,9 +47,9 @@ def oracle_frames(seq: str) -> list[tuple[str, str, str]]:
     out = []
     for label, strand in (("F", seq), ("R", rc)):
         for f in (1, 2, 3):
-            protein = "".join(CODONS.get(strand[i: i + 3], "") for i in range(f - 1, len(strand) - 2, 3))
+            protein = "".join(CODONS.get(strand[i : i + 3], "") for i in range(f - 1, len(strand) - 2, 3))
             if protein and "*" not in protein:
-                out.append((f"{label}{f}", strand[f - 1: f + 3 * len(protein)], protein))
+                out.append((f"{label}{f}", strand[f - 1 : f + 3 * len(protein)], protein))
     return out
 
 
@@ -75,7 +76,9 @@ def synthetic_fasta(path: Path, n: int, seed: int) -> Path:
     sense = [c for c, aa in CODONS.items() if aa != "*"]
     lines = []
     for i in range(n):
-        length = rng.choice([1, 2, 3, 7, 299, 300, 301, 499, 500, 501, 600, 999, 1000, 1001, rng.randint(1, 2500)])
+        length = rng.choice(
+            [1, 2, 3, 7, 299, 300, 301, 499, 500, 501, 600, 999, 1000, 1001, rng.randint(1, 2500)]
+        )
         seq = "".join(rng.choice(sense) for _ in range(length // 3 + 1))[:length]
         if rng.random() < 0.5:
             seq = "".join(SWAP[x] for x in reversed(seq))
@@ -84,10 +87,10 @@ def synthetic_fasta(path: Path, n: int, seed: int) -> Path:
             seq[rng.randrange(length)] = rng.choice("NRYKMSWBDHVU")
         if rng.random() < 0.3:
             a = rng.randrange(length)
-            seq[a: a + 50] = [x.lower() for x in seq[a: a + 50]]
+            seq[a : a + 50] = [x.lower() for x in seq[a : a + 50]]
         lines.append(f">rec{i} description {i}")
         text = "".join(seq)
-        lines.extend(text[j: j + 70] for j in range(0, length, 70))
+        lines.extend(text[j : j + 70] for j in range(0, length, 70))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -97,17 +100,20 @@ def read_outputs(paths: PreparedPaths) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------- chunk bounds
-@pytest.mark.parametrize(("length", "size", "expected"), [
-    (1, 500, [(0, 1)]),
-    (499, 500, [(0, 499)]),
-    (500, 500, [(0, 500)]),
-    (501, 500, [(0, 500), (250, 501)]),
-    (600, 500, [(0, 500), (299, 600)]),
-    (1000, 500, [(0, 500), (500, 1000)]),
-    (1500, 500, [(0, 500), (500, 1000), (1000, 1500)]),
-    (1001, 500, [(0, 500), (333, 833), (666, 1001)]),
-    (47, 10, [(0, 10), (9, 19), (18, 28), (27, 37), (37, 47)]),
-])
+@pytest.mark.parametrize(
+    ("length", "size", "expected"),
+    [
+        (1, 500, [(0, 1)]),
+        (499, 500, [(0, 499)]),
+        (500, 500, [(0, 500)]),
+        (501, 500, [(0, 500), (250, 501)]),
+        (600, 500, [(0, 500), (299, 600)]),
+        (1000, 500, [(0, 500), (500, 1000)]),
+        (1500, 500, [(0, 500), (500, 1000), (1000, 1500)]),
+        (1001, 500, [(0, 500), (333, 833), (666, 1001)]),
+        (47, 10, [(0, 10), (9, 19), (18, 28), (27, 37), (37, 47)]),
+    ],
+)
 def test_chunk_bounds_hand_worked(length: int, size: int, expected: list[tuple[int, int]]) -> None:
     # 501/500: n=2, R=499, lo=249, need=250: overlaps [250]*250 + [] + [0]; chunk 2 starts at 250
     # 600/500: n=2, R=400, lo=200, need=200: first overlap 201 -> chunk 2 starts at 299
@@ -137,7 +143,7 @@ def test_chunks_cover_the_sequence_in_order(length: int, size: int) -> None:
     assert len(bounds) == -(-length // size)
     assert bounds[0][0] == 0
     assert bounds[-1][1] == length
-    for (a0, b0), (a1, b1) in zip(bounds, bounds[1:]):
+    for (a0, b0), (a1, _) in zip(bounds, bounds[1:]):
         assert a0 < a1 <= b0  # in order, no gap between neighbours
         assert b0 - a0 == size  # every chunk but the last is full
     assert all(0 < b - a <= size for a, b in bounds)
@@ -199,9 +205,20 @@ def test_stats(tmp_path: Path) -> None:
     #   (CAT)x100 + C: R1 HHH, R2 III, R3 SSS
     # b_chunk_1 = TTT: F1 F, R1 AAA K
     ids = [line[1:] for line in paths.protein.read_text().splitlines()[::2]]
-    assert ids == ["a_chunk_1F1", "a_chunk_1F3", "a_chunk_1R1", "a_chunk_1R2", "a_chunk_1R3",
-                   "a_chunk_2F1", "a_chunk_2F2", "a_chunk_2R1", "a_chunk_2R2", "a_chunk_2R3",
-                   "b_chunk_1F1", "b_chunk_1R1"]
+    assert ids == [
+        "a_chunk_1F1",
+        "a_chunk_1F3",
+        "a_chunk_1R1",
+        "a_chunk_1R2",
+        "a_chunk_1R3",
+        "a_chunk_2F1",
+        "a_chunk_2F2",
+        "a_chunk_2R1",
+        "a_chunk_2R2",
+        "a_chunk_2R3",
+        "b_chunk_1F1",
+        "b_chunk_1R1",
+    ]
     assert s.frames == 12
     assert paths.protein.read_text().splitlines()[-3:] == ["F", ">b_chunk_1R1", "K"]
     assert s.seconds >= 0

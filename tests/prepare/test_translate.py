@@ -1,6 +1,7 @@
 """Six-frame translation against hand-worked examples and two independent oracles:
 a per-codon dict translator written here (built from Biopython's codon table) and
 Biopython's ``Seq.translate`` on pure-ACGT sequences."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,17 +36,21 @@ def naive_six_frames(chunk: str) -> list[tuple[str, str, str]]:
             protein = ""
             i = f - 1
             while i + 3 <= len(strand):
-                protein += CODONS.get(strand[i: i + 3], "")
+                protein += CODONS.get(strand[i : i + 3], "")
                 i += 3
             if protein and "*" not in protein:
-                out.append((f"{label}{f}", strand[f - 1: f + 3 * len(protein)], protein))
+                out.append((f"{label}{f}", strand[f - 1 : f + 3 * len(protein)], protein))
     return out
 
 
 def test_code_table_is_the_standard_code() -> None:
     bases = "TCAG"
-    ours = {a + b + c: STANDARD_CODE[16 * i + 4 * j + k]
-            for i, a in enumerate(bases) for j, b in enumerate(bases) for k, c in enumerate(bases)}
+    ours = {
+        a + b + c: STANDARD_CODE[16 * i + 4 * j + k]
+        for i, a in enumerate(bases)
+        for j, b in enumerate(bases)
+        for k, c in enumerate(bases)
+    }
     assert ours == CODONS
     assert len(CODONS) == 64
 
@@ -127,7 +132,7 @@ def test_biopython_translate_agrees_on_pure_acgt() -> None:
             rc = str(Seq(seq).reverse_complement())
             for label, strand in (("F", seq), ("R", rc)):
                 for f in (1, 2, 3):
-                    sub = strand[f - 1:]
+                    sub = strand[f - 1 :]
                     protein = str(Seq(sub[: len(sub) // 3 * 3]).translate())
                     if protein and "*" not in protein:
                         assert ours.pop(f"{label}{f}") == protein
@@ -153,6 +158,11 @@ def test_batched_chunks_do_not_bleed_into_each_other(chunks: list[str]) -> None:
         for s, strand in enumerate(strands):
             for f in range(3):
                 if strand.kept[c, f]:
-                    got.append((("F", "R")[s] + str(f + 1), strand.nucleotide(c, f).decode(),
-                                strand.protein(c, f).decode()))
+                    got.append(
+                        (
+                            ("F", "R")[s] + str(f + 1),
+                            strand.nucleotide(c, f).decode(),
+                            strand.protein(c, f).decode(),
+                        )
+                    )
         assert got == naive_six_frames(chunk)

@@ -1,4 +1,5 @@
 """``virnucpro predict``: option wiring, the offline demo end to end, empty inputs, fail-fast loading."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def _coding_dna(n_codons: int, seed: int) -> str:
     """Random sense codons only, so one forward frame of every chunk is stop-free."""
     import itertools
 
-    sense = ["".join(c) for c in itertools.product("ACGT", repeat=3)
-             if "".join(c) not in {"TAA", "TAG", "TGA"}]
+    sense = [
+        "".join(c) for c in itertools.product("ACGT", repeat=3) if "".join(c) not in {"TAA", "TAG", "TGA"}
+    ]
     rng = np.random.default_rng(seed)
     return "".join(rng.choice(sense, size=n_codons))
 
@@ -39,9 +41,16 @@ def _invoke(args: list[str]):
 def test_precision_defaults_and_demo_models() -> None:
     from pipeline.cli.predict import build_predict_config
 
-    common = dict(chunk_size=300, esm_model="esm2_t33_650M_UR50D", dnabert_model="zhihan1996/DNABERT-S",
-                  classifier="m.pth", attention="auto", compile_=True, resume=False,
-                  settings=Settings(disable_compile=True))
+    common = dict(
+        chunk_size=300,
+        esm_model="esm2_t33_650M_UR50D",
+        dnabert_model="zhihan1996/DNABERT-S",
+        classifier="m.pth",
+        attention="auto",
+        compile_=True,
+        resume=False,
+        settings=Settings(disable_compile=True),
+    )
     cpu = build_predict_config(Path("in.fa"), Path("out"), gpus=None, precision=None, demo=False, **common)
     assert cpu.esm.precision == cpu.dnabert.precision == "fp32" and cpu.gpus == ()
     assert cpu.esm.compile is False  # VIRNUCPRO_DISABLE_COMPILE wins over --compile
@@ -103,18 +112,22 @@ def test_demo_end_to_end(tmp_path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    fa = _fasta(tmp_path / "in.fa", {
-        "alpha": _coding_dna(217, 1)[:650],
-        "beta_chunk_9": _coding_dna(94, 2)[:280],   # a record id that itself contains "_chunk_"
-        "gamma": ALL_STOPS,
-    })
+    fa = _fasta(
+        tmp_path / "in.fa",
+        {
+            "alpha": _coding_dna(217, 1)[:650],
+            "beta_chunk_9": _coding_dna(94, 2)[:280],  # a record id that itself contains "_chunk_"
+            "gamma": ALL_STOPS,
+        },
+    )
     out = tmp_path / "out"
     result = _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300"])
     assert result.exit_code == 0, result.output
     assert "NOT biologically meaningful" in result.output
 
-    protein_ids = [line[1:].strip() for line in (out / "protein.faa").read_text().splitlines()
-                   if line.startswith(">")]
+    protein_ids = [
+        line[1:].strip() for line in (out / "protein.faa").read_text().splitlines() if line.startswith(">")
+    ]
     assert protein_ids, "the random sequences should keep some frames"
     lines = (out / "prediction_results.txt").read_text().splitlines()
     assert lines[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
@@ -185,8 +198,9 @@ def test_preflight_refuses_before_writing_anything(tmp_path) -> None:
         (["--attention", "flash-attn"], BackendUnavailableError, "flash-attn"),
     ]:
         out = tmp_path / f"out-{args[0].strip('-')}"
-        result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(out), "--demo", *args],
-                                    obj=Settings(progress=False))
+        result = CliRunner().invoke(
+            cli, ["predict", str(fa), "-o", str(out), "--demo", *args], obj=Settings(progress=False)
+        )
         assert isinstance(result.exception, error) and fragment in str(result.exception)
         assert not out.exists() or not any(out.iterdir())
 
@@ -199,11 +213,16 @@ def test_resume_with_another_chunk_size_is_refused_before_touching_the_run(tmp_p
     out = tmp_path / "out"
     assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500"]).exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    result = CliRunner().invoke(cli, ["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300",
-                                      "--resume"], obj=Settings(progress=False))
+    result = CliRunner().invoke(
+        cli,
+        ["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "300", "--resume"],
+        obj=Settings(progress=False),
+    )
     assert isinstance(result.exception, ResumeMismatchError)
     assert "chunk size" in str(result.exception) and "then 500, now 300" in str(result.exception)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # the same input and chunk size resume cleanly
-    assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500",
-                    "--resume"]).exit_code == 0
+    assert (
+        _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500", "--resume"]).exit_code
+        == 0
+    )

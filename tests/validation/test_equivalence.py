@@ -1,4 +1,5 @@
 """Equivalence metrics on hand-made vectors, and the synthetic frames the harness feeds the models."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,14 +69,24 @@ def test_thresholds_validated():
 
 
 def test_passes_and_enforce():
-    row = {"model": "m", "comparison": "precision", "precision": "bf16", "backend": "sdpa", "cos_min": 0.9995,
-           "label_agreement": 1.0, "chunk_label_agreement": 1.0, "rel_l2_max": 0.02}
+    row = {
+        "model": "m",
+        "comparison": "precision",
+        "precision": "bf16",
+        "backend": "sdpa",
+        "cos_min": 0.9995,
+        "label_agreement": 1.0,
+        "chunk_label_agreement": 1.0,
+        "rel_l2_max": 0.02,
+    }
     assert passes(row, Thresholds())
     assert not passes(row, Thresholds(min_cosine=0.9999))
     assert not passes(row, Thresholds(max_rel_l2=0.01))
     assert not passes(row | {"chunk_label_agreement": 0.99}, Thresholds())
     # a random classifier's label flips are reported, not enforced; cosine still is
-    assert passes(row | {"label_agreement": 0.5, "chunk_label_agreement": 0.5}, Thresholds(), enforce_labels=False)
+    assert passes(
+        row | {"label_agreement": 0.5, "chunk_label_agreement": 0.5}, Thresholds(), enforce_labels=False
+    )
     assert not passes(row, Thresholds(min_cosine=0.9999), enforce_labels=False)
     enforce([row | {"passed": True}], Thresholds())
     with pytest.raises(ThresholdFailed, match="1 of 1"):

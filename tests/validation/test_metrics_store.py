@@ -1,4 +1,5 @@
 """The DuckDB metrics store: schema versioning and idempotent ingestion of every file kind."""
+
 from __future__ import annotations
 
 import json
@@ -37,13 +38,16 @@ def test_newer_schema_is_refused(tmp_path):
         MetricsStore(db)
 
 
-@pytest.mark.parametrize(("builder", "file_type", "table", "expected_rows"), [
-    (samples.run_record, "run", "stage_metrics", 5),
-    (samples.validate_doc, "validate", "equivalence_results", 6),
-    (samples.pytest_benchmark_doc, "pytest-benchmark", "benchmark_results", 2),
-    (samples.scaling_doc, "scaling", "scaling_results", 3),
-    (samples.device_benchmark_doc, "device-benchmark", "device_benchmarks", None),
-])
+@pytest.mark.parametrize(
+    ("builder", "file_type", "table", "expected_rows"),
+    [
+        (samples.run_record, "run", "stage_metrics", 5),
+        (samples.validate_doc, "validate", "equivalence_results", 6),
+        (samples.pytest_benchmark_doc, "pytest-benchmark", "benchmark_results", 2),
+        (samples.scaling_doc, "scaling", "scaling_results", 3),
+        (samples.device_benchmark_doc, "device-benchmark", "device_benchmarks", None),
+    ],
+)
 def test_ingest_each_kind_twice_adds_nothing(tmp_path, builder, file_type, table, expected_rows):
     store = MetricsStore(tmp_path / "m.duckdb")
     path = _write(tmp_path / "in.json", builder())
@@ -63,8 +67,9 @@ def test_ingest_each_kind_twice_adds_nothing(tmp_path, builder, file_type, table
     third = store.ingest_file(path)
     assert not third.skipped
     after = store.row_counts()
-    assert {k: v for k, v in after.items() if k != "ingested_files"} == \
-        {k: v for k, v in counts.items() if k != "ingested_files"}
+    assert {k: v for k, v in after.items() if k != "ingested_files"} == {
+        k: v for k, v in counts.items() if k != "ingested_files"
+    }
 
 
 def test_run_record_columns(tmp_path):
@@ -83,15 +88,21 @@ def test_validate_cosines_stored(tmp_path):
     store = MetricsStore(tmp_path / "m.duckdb")
     store.ingest_file(_write(tmp_path / "v.json", doc))
     assert store.row_counts()["cosine_values"] == 7 * len(doc["results"])
-    got = store.query("SELECT cosine FROM cosine_values WHERE model = ? AND precision = 'bf16' ORDER BY idx",
-                      [doc["results"][1]["model"]])["cosine"].tolist()
+    got = store.query(
+        "SELECT cosine FROM cosine_values WHERE model = ? AND precision = 'bf16' ORDER BY idx",
+        [doc["results"][1]["model"]],
+    )["cosine"].tolist()
     assert got == pytest.approx(doc["results"][1]["cosines"])
 
 
 def test_scaling_speedup_derived_when_missing(tmp_path):
-    doc = {"environment": {"host": "h"}, "results": [
-        {"model": "m", "n_gpus": 1, "tokens_per_s": 100.0},
-        {"model": "m", "n_gpus": 2, "tokens_per_s": 190.0}]}
+    doc = {
+        "environment": {"host": "h"},
+        "results": [
+            {"model": "m", "n_gpus": 1, "tokens_per_s": 100.0},
+            {"model": "m", "n_gpus": 2, "tokens_per_s": 190.0},
+        ],
+    }
     store = MetricsStore(tmp_path / "m.duckdb")
     assert store.ingest_file(_write(tmp_path / "s.json", doc)).file_type == "scaling"
     rows = store.query("SELECT n_gpus, speedup, efficiency FROM scaling_results ORDER BY n_gpus")
@@ -109,16 +120,24 @@ def test_device_benchmark_flattens_numeric_metrics(tmp_path):
 
 
 def test_device_benchmark_list_items_keep_distinct_names(tmp_path):
-    doc = {"environment": {"host": "h"}, "throughput": [
-        {"backend": "sdpa", "precision": "fp16", "tokens_per_s": 1.0},
-        {"backend": "sdpa", "precision": "bf16", "tokens_per_s": 2.0},
-        {"backend": "sdpa", "precision": "bf16", "tokens_per_s": 3.0},
-        {"tokens_per_s": 4.0}]}
+    doc = {
+        "environment": {"host": "h"},
+        "throughput": [
+            {"backend": "sdpa", "precision": "fp16", "tokens_per_s": 1.0},
+            {"backend": "sdpa", "precision": "bf16", "tokens_per_s": 2.0},
+            {"backend": "sdpa", "precision": "bf16", "tokens_per_s": 3.0},
+            {"tokens_per_s": 4.0},
+        ],
+    }
     store = MetricsStore(tmp_path / "m.duckdb")
     store.ingest_file(_write(tmp_path / "d.json", doc))
     got = dict(store.query("SELECT metric, value FROM device_benchmarks").itertuples(index=False))
-    assert got == {"throughput[sdpa/fp16].tokens_per_s": 1.0, "throughput[sdpa/bf16].tokens_per_s": 2.0,
-                   "throughput[sdpa/bf16#2].tokens_per_s": 3.0, "throughput[3].tokens_per_s": 4.0}
+    assert got == {
+        "throughput[sdpa/fp16].tokens_per_s": 1.0,
+        "throughput[sdpa/bf16].tokens_per_s": 2.0,
+        "throughput[sdpa/bf16#2].tokens_per_s": 3.0,
+        "throughput[3].tokens_per_s": 4.0,
+    }
 
 
 @pytest.mark.parametrize("doc", [[1, 2], {"hello": 1}])

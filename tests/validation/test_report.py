@@ -1,4 +1,5 @@
 """HTML report and regression checks over a store filled with synthetic result files."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,18 @@ from validation.metrics_store import MetricsStore
 from validation.regression import check_regressions
 from validation.report import render_report
 
-SECTIONS = ("Summary", "Equivalence", "Throughput over time", "Multi-GPU scaling", "Packing efficiency",
-            "Stage time breakdown", "Per-record scores", "Regressions", "Benchmarks", "Runs")
+SECTIONS = (
+    "Summary",
+    "Equivalence",
+    "Throughput over time",
+    "Multi-GPU scaling",
+    "Packing efficiency",
+    "Stage time breakdown",
+    "Per-record scores",
+    "Regressions",
+    "Benchmarks",
+    "Runs",
+)
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
@@ -70,7 +81,9 @@ def test_regressions_against_previous_and_baseline(filled_db):
     assert esm["slowdown"] == pytest.approx(0.20)
     # benchmark medians grew 2 % per day: a time, so slower is positive, and under the threshold
     bench = [r for r in rows if r["source"] == "pytest-benchmark"]
-    assert bench and all(r["slowdown"] == pytest.approx(1.04 / 1.02 - 1) and not r["regressed"] for r in bench)
+    assert bench and all(
+        r["slowdown"] == pytest.approx(1.04 / 1.02 - 1) and not r["regressed"] for r in bench
+    )
     assert not [r for r in check_regressions(filled_db, threshold=0.25) if r["regressed"]]
     with pytest.raises(ThresholdFailed, match="slowed down"):
         check_regressions(filled_db, threshold=0.10, enforce=True)
@@ -92,17 +105,30 @@ def test_cli_ingest_and_report(tmp_path):
     assert exc.value.code == ThresholdFailed.exit_code and out.exists()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium); "
-                                             "the headless render check needs it")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium not installed (apt-get install chromium); the headless render check needs it",
+)
 def test_renders_in_headless_chromium(full_html, tmp_path):
     import numpy as np
     from matplotlib.image import imread
 
     html = full_html
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-           "--window-size=1200,1600", f"--screenshot={shot}", html.resolve().as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'prof'}",
+        "--window-size=1200,1600",
+        f"--screenshot={shot}",
+        html.resolve().as_uri(),
+    ]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.exists(), "chromium wrote no screenshot"
     pixels = imread(shot)[..., :3]
@@ -138,18 +164,30 @@ def test_per_record_plot_from_a_run_directory_and_missing_db_refused(filled_db, 
     run = tmp_path / "run"
     run.mkdir()
     (run / "chunked.fa").write_text(">r1_chunk_1\nACGT\n>r1_chunk_2\nACGT\n>r2_chunk_1\nACGT\n")
-    pq.write_table(pa.table({"id": ["r1_chunk_1F1", "r1_chunk_2R2", "r2_chunk_1F3"],
-                             "score_others": pa.array([0.2, 0.9, 0.4], pa.float32()),
-                             "score_virus": pa.array([0.8, 0.1, 0.6], pa.float32())}), run / "frame_scores.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["r1_chunk_1F1", "r1_chunk_2R2", "r2_chunk_1F3"],
+                "score_others": pa.array([0.2, 0.9, 0.4], pa.float32()),
+                "score_virus": pa.array([0.8, 0.1, 0.6], pa.float32()),
+            }
+        ),
+        run / "frame_scores.parquet",
+    )
     html = render_report(filled_db, tmp_path / "r.html", run_dir=run).read_text()
     section = html.split('id="records"')[1].split("<h2")[0]
     assert str(run) in section and section.count('src="data:image/png;base64,') == 1
-    without = render_report(filled_db, tmp_path / "r2.html").read_text().split('id="records"')[1].split("<h2")[0]
+    without = (
+        render_report(filled_db, tmp_path / "r2.html").read_text().split('id="records"')[1].split("<h2")[0]
+    )
     assert "No data yet" in without and "data:image" not in without
 
     from pipeline.cli import cli
 
-    result = CliRunner().invoke(cli, ["report", "--db", str(tmp_path / "typo.duckdb"), "-o", str(tmp_path / "x.html")],
-                                standalone_mode=False)
+    result = CliRunner().invoke(
+        cli,
+        ["report", "--db", str(tmp_path / "typo.duckdb"), "-o", str(tmp_path / "x.html")],
+        standalone_mode=False,
+    )
     assert isinstance(result.exception, ConfigError) and "typo.duckdb does not exist" in str(result.exception)
     assert not (tmp_path / "typo.duckdb").exists() and not (tmp_path / "x.html").exists()

@@ -11,14 +11,15 @@ Failure handling:
   are not in a valid part yet are written to sub-shards under ``out_root/redistributed/`` (a stride
   split, one per healthy slot) and embedded by the healthy slots; the partial output directory
   stays part of the result.
-- Errors that no retry can fix (bad config, input, checkpoint; see `pipeline.embed.multigpu.worker.FATAL_ERRORS`)
-  stop the run at once and are re-raised.
+- Errors that no retry can fix (bad config, input, checkpoint; see
+  `pipeline.embed.multigpu.worker.FATAL_ERRORS`) stop the run at once and are re-raised.
 - SIGTERM to the coordinator is forwarded to the workers (each finishes its current part); then
   `Interrupted` is raised. Rerunning with ``cfg.resume=True`` continues from the manifest
   ``out_root/coordinator.json``, redistributed sub-shards included.
 
 At the end every input id must be in exactly one output directory, else `OutputIntegrityError`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,15 +88,21 @@ class _Task:
     name: str
     shard_path: Path
     out_dir: Path
-    preferred: int | None            # slot index it should run on (None: any healthy slot)
-    status: str = "pending"          # pending | done | redistributed
+    preferred: int | None  # slot index it should run on (None: any healthy slot)
+    status: str = "pending"  # pending | done | redistributed
     parent: str | None = None
-    attempts: int = 0                # runs started, all slots
+    attempts: int = 0  # runs started, all slots
     record: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shard_path": str(self.shard_path), "out_dir": str(self.out_dir),
-                "preferred": self.preferred, "status": self.status, "parent": self.parent}
+        return {
+            "name": self.name,
+            "shard_path": str(self.shard_path),
+            "out_dir": str(self.out_dir),
+            "preferred": self.preferred,
+            "status": self.status,
+            "parent": self.parent,
+        }
 
 
 @dataclass
@@ -106,8 +113,8 @@ class _WorkerStats:
     failures: int = 0
     retries: int = 0
     tasks: list[str] = field(default_factory=list)
-    seconds: float = 0.0            # process wall time, start to exit (load included)
-    embed_seconds: float = 0.0      # embed-phase seconds reported by embed_shard
+    seconds: float = 0.0  # process wall time, start to exit (load included)
+    embed_seconds: float = 0.0  # embed-phase seconds reported by embed_shard
     sequences: int = 0
     tokens: int = 0
     embed_start: float | None = None
@@ -134,8 +141,10 @@ def shard_ids(shard_path: Path) -> list[str]:
     try:
         return [str(x) for x in pq.read_table(shard_path, columns=["id"]).column("id").to_pylist()]
     except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"cannot read the id column of shard {shard_path}: {exc}; "
-                         "re-create the shards (virnucpro prepare / write_shards)") from exc
+        raise InputError(
+            f"cannot read the id column of shard {shard_path}: {exc}; "
+            "re-create the shards (virnucpro prepare / write_shards)"
+        ) from exc
 
 
 def _read_part_ids(out_dir: Path, index: int) -> list[str]:
@@ -154,9 +163,18 @@ def valid_parts(out_dir: Path, *, verify_checksums: bool = True) -> list[int]:
     meta = read_metadata(out_dir)
     if meta is None:
         return []
-    return [i for i in part_indices(out_dir)
-            if check_part(out_dir, i, dim=meta.get("hidden_size"), fingerprint=meta.get("fingerprint"),
-                          verify_checksums=verify_checksums) is None]
+    return [
+        i
+        for i in part_indices(out_dir)
+        if check_part(
+            out_dir,
+            i,
+            dim=meta.get("hidden_size"),
+            fingerprint=meta.get("fingerprint"),
+            verify_checksums=verify_checksums,
+        )
+        is None
+    ]
 
 
 def output_ids(out_dir: Path) -> list[str]:
@@ -172,8 +190,13 @@ def output_ids(out_dir: Path) -> list[str]:
     ids: list[str] = []
     for index in range(int(meta["n_parts"])):
         # Sizes and headers only: every part's checksum was verified when it was written or resumed.
-        problem = check_part(out_dir, index, dim=meta.get("hidden_size"), fingerprint=meta.get("fingerprint"),
-                             verify_checksums=False)
+        problem = check_part(
+            out_dir,
+            index,
+            dim=meta.get("hidden_size"),
+            fingerprint=meta.get("fingerprint"),
+            verify_checksums=False,
+        )
         if problem:
             raise OutputIntegrityError(f"{out_dir}: part {index} is not valid ({problem}); rerun with resume")
         ids.extend(_read_part_ids(out_dir, index))
@@ -203,13 +226,23 @@ def salvage_parts(src: Path, dst: Path) -> list[str]:
         vectors = np.load(PartFiles(src, old_index).vectors, mmap_mode="r", allow_pickle=False)
         write_part(dst, new_index, ids, vectors, meta.get("fingerprint"))
         kept.extend(ids)
-    write_metadata(dst, {**meta, "n_rows": len(kept), "n_parts": len(parts), "complete": True,
-                         "salvaged_from": str(src), "salvaged_parts": parts})
+    write_metadata(
+        dst,
+        {
+            **meta,
+            "n_rows": len(kept),
+            "n_parts": len(parts),
+            "complete": True,
+            "salvaged_from": str(src),
+            "salvaged_parts": parts,
+        },
+    )
     return kept
 
 
-def write_remaining_subshards(shard_path: Path, done: set[str], n: int, out_dir: Path,
-                              stem: str) -> list[Path]:
+def write_remaining_subshards(
+    shard_path: Path, done: set[str], n: int, out_dir: Path, stem: str
+) -> list[Path]:
     """Split the rows of ``shard_path`` whose id is not in ``done`` into at most ``n`` sub-shards.
 
     Row order is kept and rows are dealt out by stride (row i -> sub-shard i % n), so each
@@ -221,8 +254,9 @@ def write_remaining_subshards(shard_path: Path, done: set[str], n: int, out_dir:
     import pyarrow.parquet as pq
 
     table = pq.read_table(shard_path)
-    keep = pc.invert(pc.is_in(table.column("id").cast(pa.string()), value_set=pa.array(sorted(done),
-                                                                                        type=pa.string())))
+    keep = pc.invert(
+        pc.is_in(table.column("id").cast(pa.string()), value_set=pa.array(sorted(done), type=pa.string()))
+    )
     remaining = table.filter(keep)
     paths: list[Path] = []
     for j in range(min(n, remaining.num_rows)):
@@ -258,7 +292,8 @@ def check_outputs(input_ids: Sequence[str], output_dirs: Sequence[Path]) -> dict
         where = ", ".join(str(d) for d in output_dirs[:3]) + (" ..." if len(output_dirs) > 3 else "")
         raise OutputIntegrityError(
             f"embedding outputs ({where}) do not match the input ids: {'; '.join(problems)}; "
-            "rerun with resume, or delete the output directory and run again")
+            "rerun with resume, or delete the output directory and run again"
+        )
     return {"ids": len(expected), "dirs": len(output_dirs)}
 
 
@@ -317,8 +352,11 @@ class _StopSignals:
         def handler(signum: int, frame: Any) -> None:
             self.count += 1
             self.first = self.first or signum
-            log.warning("signal %d: stopping the workers after their current part%s", signum,
-                        " (second signal: killing them)" if self.count > 1 else "")
+            log.warning(
+                "signal %d: stopping the workers after their current part%s",
+                signum,
+                " (second signal: killing them)" if self.count > 1 else "",
+            )
 
         for s in previous:
             signal.signal(s, handler)
@@ -346,10 +384,19 @@ def _make_slots(gpus: Sequence[int] | None, n_workers: int | None, cfg: EmbedCon
 
 
 class _Coordinator:
-    def __init__(self, shard_paths: Sequence[Path], column: str, kind: str, cfg: EmbedConfig,
-                 slots: list[_Slot], out_root: Path, max_retries: int,
-                 on_worker_start: Callable[[WorkerEvent], None] | None,
-                 initializer: Callable[[int, int], None] | None, threads: int | None) -> None:
+    def __init__(
+        self,
+        shard_paths: Sequence[Path],
+        column: str,
+        kind: str,
+        cfg: EmbedConfig,
+        slots: list[_Slot],
+        out_root: Path,
+        max_retries: int,
+        on_worker_start: Callable[[WorkerEvent], None] | None,
+        initializer: Callable[[int, int], None] | None,
+        threads: int | None,
+    ) -> None:
         self.shard_paths = [Path(p).resolve() for p in shard_paths]
         self.column = column
         self.kind = kind
@@ -377,17 +424,26 @@ class _Coordinator:
         return self.out_root / MANIFEST_NAME
 
     def _save_manifest(self) -> None:
-        atomic_write_text(self.manifest_path, json.dumps({
-            "schema": MANIFEST_SCHEMA, "kind": self.kind, "column": self.column,
-            "model": self.cfg.encoder.model,
-            "shards": [str(p) for p in self.shard_paths],
-            "tasks": [t.to_json() for t in self.tasks],
-        }, indent=1))
+        atomic_write_text(
+            self.manifest_path,
+            json.dumps(
+                {
+                    "schema": MANIFEST_SCHEMA,
+                    "kind": self.kind,
+                    "column": self.column,
+                    "model": self.cfg.encoder.model,
+                    "shards": [str(p) for p in self.shard_paths],
+                    "tasks": [t.to_json() for t in self.tasks],
+                },
+                indent=1,
+            ),
+        )
 
     def _plan(self) -> None:
         n = len(self.slots)
-        fresh = [_Task(p.stem, p, self.out_root / p.stem, preferred=k % n)
-                 for k, p in enumerate(self.shard_paths)]
+        fresh = [
+            _Task(p.stem, p, self.out_root / p.stem, preferred=k % n) for k, p in enumerate(self.shard_paths)
+        ]
         if len({t.name for t in fresh}) != len(fresh):
             raise ConfigError(f"shard file names must be distinct: {[str(p) for p in self.shard_paths]}")
         if not self.manifest_path.exists():
@@ -395,23 +451,37 @@ class _Coordinator:
             return
         old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         if not self.cfg.resume:
-            raise ConfigError(f"{self.out_root} already holds an embedding run ({self.manifest_path}); "
-                              "rerun with resume to continue it, or choose an empty output directory")
+            raise ConfigError(
+                f"{self.out_root} already holds an embedding run ({self.manifest_path}); "
+                "rerun with resume to continue it, or choose an empty output directory"
+            )
         if (old.get("kind"), old.get("model"), old.get("shards")) != (
-                self.kind, self.cfg.encoder.model, [str(p) for p in self.shard_paths]):
+            self.kind,
+            self.cfg.encoder.model,
+            [str(p) for p in self.shard_paths],
+        ):
             raise ResumeMismatchError(
                 f"{self.manifest_path} was made for kind={old.get('kind')!r} model={old.get('model')!r} "
                 f"over {len(old.get('shards', []))} shards, not kind={self.kind!r} "
                 f"model={self.cfg.encoder.model!r} over {len(self.shard_paths)}; "
-                "use a new output directory for a different model or input")
+                "use a new output directory for a different model or input"
+            )
         alive = {s.index for s in self.slots}
         for t in old["tasks"]:
             preferred = t["preferred"] if t["preferred"] in alive else None
             status = t["status"]
             if status == "done" and not self._complete(Path(t["out_dir"])):
                 status = "pending"
-            self.tasks.append(_Task(t["name"], Path(t["shard_path"]), Path(t["out_dir"]), preferred,
-                                    status=status, parent=t.get("parent")))
+            self.tasks.append(
+                _Task(
+                    t["name"],
+                    Path(t["shard_path"]),
+                    Path(t["out_dir"]),
+                    preferred,
+                    status=status,
+                    parent=t.get("parent"),
+                )
+            )
 
     @staticmethod
     def _complete(out_dir: Path) -> bool:
@@ -429,8 +499,11 @@ class _Coordinator:
         return [s for s in self.slots if self.stats[s.index].healthy]
 
     def _next_task(self, slot: _Slot) -> _Task | None:
-        pending = [t for t in self.tasks if t.status == "pending" and t not in
-                   [r.task for r in self.running.values()]]
+        pending = [
+            t
+            for t in self.tasks
+            if t.status == "pending" and t not in [r.task for r in self.running.values()]
+        ]
         for t in pending:
             if t.preferred == slot.index:
                 return t
@@ -445,31 +518,54 @@ class _Coordinator:
         # A retry (or a rerun over an existing directory) must keep the parts already written.
         resume = self.cfg.resume or task.attempts > 0
         job = WorkerJob(
-            worker=slot.index, attempt=attempt, task=task.name, shard_path=task.shard_path,
-            out_dir=task.out_dir, column=self.column, kind=self.kind,
-            cfg=replace(self.cfg, device=slot.device, resume=resume), gpu=slot.gpu,
+            worker=slot.index,
+            attempt=attempt,
+            task=task.name,
+            shard_path=task.shard_path,
+            out_dir=task.out_dir,
+            column=self.column,
+            kind=self.kind,
+            cfg=replace(self.cfg, device=slot.device, resume=resume),
+            gpu=slot.gpu,
             log_path=self.log_dir / f"worker-{slot.index}.log",
             result_path=self.log_dir / f"worker-{slot.index}.{task.name}.attempt-{attempt}.json",
-            log_level=self.log_level, threads=self.threads, initializer=self.initializer,
+            log_level=self.log_level,
+            threads=self.threads,
+            initializer=self.initializer,
         )
         job.result_path.unlink(missing_ok=True)
-        process = self.ctx.Process(target=run_job, args=(job, os.getpid()),
-                                   name=f"virnucpro-worker-{slot.index}")
+        process = self.ctx.Process(
+            target=run_job, args=(job, os.getpid()), name=f"virnucpro-worker-{slot.index}"
+        )
         process.start()
         task.attempts += 1
         stats.tasks.append(task.name)
         self.running[slot.index] = _Running(process, task, job, time.time())
         self._write_pids()
-        log.info("worker %d (pid %d, %s): task %s attempt %d", slot.index, process.pid, slot.device,
-                 task.name, attempt)
+        log.info(
+            "worker %d (pid %d, %s): task %s attempt %d",
+            slot.index,
+            process.pid,
+            slot.device,
+            task.name,
+            attempt,
+        )
         if self.on_worker_start is not None:
-            self.on_worker_start(WorkerEvent(slot.index, process.pid, task.name, attempt, slot.device,
-                                             task.out_dir))
+            self.on_worker_start(
+                WorkerEvent(slot.index, process.pid, task.name, attempt, slot.device, task.out_dir)
+            )
 
     def _write_pids(self) -> None:
-        atomic_write_text(self.out_root / "workers.json", json.dumps(
-            {str(k): {"pid": r.process.pid, "task": r.task.name, "device": r.job.cfg.device}
-             for k, r in self.running.items()}, indent=1))
+        atomic_write_text(
+            self.out_root / "workers.json",
+            json.dumps(
+                {
+                    str(k): {"pid": r.process.pid, "task": r.task.name, "device": r.job.cfg.device}
+                    for k, r in self.running.items()
+                },
+                indent=1,
+            ),
+        )
 
     # -- results --
 
@@ -491,8 +587,11 @@ class _Coordinator:
         if result.get("status") == "error":
             what = f"{result.get('error_type')}: {result.get('message')}"
         else:  # died without a word: a signal (OOM killer, SIGKILL), a segfault, os._exit
-            what = (f"exit code {code}" + (f" (signal {-code})" if code is not None and code < 0 else "")
-                    + f"; log tail: {_log_tail(run.job.log_path)!r}")
+            what = (
+                f"exit code {code}"
+                + (f" (signal {-code})" if code is not None and code < 0 else "")
+                + f"; log tail: {_log_tail(run.job.log_path)!r}"
+            )
         self._failed(stats, run, what)
 
     def _succeeded(self, stats: _WorkerStats, run: _Running, result: dict[str, Any]) -> None:
@@ -517,19 +616,35 @@ class _Coordinator:
         log_path = run.job.log_path
         if stats.consecutive_failures <= self.max_retries:
             stats.retries += 1
-            log.warning("worker %d (%s) failed on %s (%s); retry %d/%d with resume; log: %s",
-                        stats.slot.index, stats.slot.device, run.task.name, what,
-                        stats.consecutive_failures, self.max_retries, log_path)
+            log.warning(
+                "worker %d (%s) failed on %s (%s); retry %d/%d with resume; log: %s",
+                stats.slot.index,
+                stats.slot.device,
+                run.task.name,
+                what,
+                stats.consecutive_failures,
+                self.max_retries,
+                log_path,
+            )
             return  # task stays pending with this slot preferred
         stats.healthy = False
-        log.error("worker %d (%s) failed %d times in a row (last: %s); retiring it and redistributing "
-                  "the rest of %s; log: %s", stats.slot.index, stats.slot.device,
-                  stats.consecutive_failures, what, run.task.name, log_path)
+        log.error(
+            "worker %d (%s) failed %d times in a row (last: %s); retiring it and redistributing "
+            "the rest of %s; log: %s",
+            stats.slot.index,
+            stats.slot.device,
+            stats.consecutive_failures,
+            what,
+            run.task.name,
+            log_path,
+        )
         healthy = self._healthy()
         if not healthy:
             raise WorkerFailedError(
                 f"every worker failed; last: worker {stats.slot.index} ({stats.slot.device}) on "
-                f"{run.task.name}: {what}; see the logs in {self.log_dir}, fix the cause and rerun with resume")
+                f"{run.task.name}: {what}; see the logs in {self.log_dir}, fix the cause and rerun "
+                "with resume"
+            )
         self._redistribute(run.task, healthy, stats.slot)
 
     def _redistribute(self, task: _Task, healthy: list[_Slot], dead: _Slot) -> None:
@@ -541,26 +656,44 @@ class _Coordinator:
         if kept_dir.exists():
             shutil.rmtree(kept_dir)  # left by a coordinator that died mid-salvage
         kept = salvage_parts(task.out_dir, kept_dir)
-        subshards = write_remaining_subshards(task.shard_path, set(kept), len(healthy),
-                                              self.redistributed_dir, task.name)
+        subshards = write_remaining_subshards(
+            task.shard_path, set(kept), len(healthy), self.redistributed_dir, task.name
+        )
         task.status = "redistributed"
         if kept:
-            self.tasks.append(_Task(kept_dir.name, task.shard_path, kept_dir, preferred=None, status="kept",
-                                    parent=task.name))
+            self.tasks.append(
+                _Task(
+                    kept_dir.name, task.shard_path, kept_dir, preferred=None, status="kept", parent=task.name
+                )
+            )
         for path in subshards:
-            self.tasks.append(_Task(path.stem, path, self.redistributed_dir / path.stem, preferred=None,
-                                    parent=task.name))
+            self.tasks.append(
+                _Task(path.stem, path, self.redistributed_dir / path.stem, preferred=None, parent=task.name)
+            )
         # Other work queued for the retired slot goes to whichever healthy slot is free next.
         for t in self.tasks:
             if t.preferred == dead.index:
                 t.preferred = None
         remaining = sum(len(shard_ids(p)) for p in subshards)
-        self.redistributions.append({"from_worker": dead.index, "device": dead.device, "task": task.name,
-                                     "kept": len(kept), "remaining": remaining,
-                                     "kept_dir": str(kept_dir) if kept else None,
-                                     "sub_shards": [str(p) for p in subshards]})
-        log.warning("redistributed %d remaining rows of %s into %d sub-shard(s); kept %d finished rows in %s",
-                    remaining, task.name, len(subshards), len(kept), kept_dir)
+        self.redistributions.append(
+            {
+                "from_worker": dead.index,
+                "device": dead.device,
+                "task": task.name,
+                "kept": len(kept),
+                "remaining": remaining,
+                "kept_dir": str(kept_dir) if kept else None,
+                "sub_shards": [str(p) for p in subshards],
+            }
+        )
+        log.warning(
+            "redistributed %d remaining rows of %s into %d sub-shard(s); kept %d finished rows in %s",
+            remaining,
+            task.name,
+            len(subshards),
+            len(kept),
+            kept_dir,
+        )
         self._save_manifest()
         # The partial directory is superseded by the kept copy; removing it leaves only complete
         # shard directories under out_root for anyone who lists them.
@@ -588,8 +721,10 @@ class _Coordinator:
         while True:
             if stop.is_set():
                 self._stop_workers(stop)
-                raise Interrupted(f"embedding under {self.out_root} was interrupted (signal {stop.first}); "
-                                  "the workers finished their current part; rerun with resume to continue")
+                raise Interrupted(
+                    f"embedding under {self.out_root} was interrupted (signal {stop.first}); "
+                    "the workers finished their current part; rerun with resume to continue"
+                )
             for slot in self._healthy():
                 if slot.index not in self.running:
                     task = self._next_task(slot)
@@ -597,8 +732,9 @@ class _Coordinator:
                         self._start(slot, task)
             if not self.running:
                 if any(t.status == "pending" for t in self.tasks):
-                    raise WorkerFailedError(f"tasks are left but no healthy worker can take them; "
-                                            f"see {self.log_dir}")
+                    raise WorkerFailedError(
+                        f"tasks are left but no healthy worker can take them; see {self.log_dir}"
+                    )
                 return
             sentinels = {r.process.sentinel: k for k, r in self.running.items()}
             ready = multiprocessing.connection.wait(list(sentinels), timeout=_POLL_S)
@@ -620,8 +756,12 @@ class _Coordinator:
             while run.process.is_alive() and time.time() < deadline and stop.count < 2:
                 run.process.join(_POLL_S)
             if run.process.is_alive():
-                log.error("worker pid %d did not stop (grace %.0f s, signals %d); killing it",
-                          run.process.pid, _TERMINATE_GRACE_S, stop.count)
+                log.error(
+                    "worker pid %d did not stop (grace %.0f s, signals %d); killing it",
+                    run.process.pid,
+                    _TERMINATE_GRACE_S,
+                    stop.count,
+                )
                 run.process.kill()
             run.process.join()
         self.running.clear()
@@ -640,25 +780,39 @@ class _Coordinator:
         check = check_outputs(input_ids, output_dirs)
         workers = []
         for s in self.stats.values():
-            workers.append({
-                "worker": s.slot.index, "device": s.slot.device, "gpu": s.slot.gpu, "healthy": s.healthy,
-                "tasks": s.tasks, "seconds": round(s.seconds, 3), "embed_seconds": round(s.embed_seconds, 3),
-                "embed_started_at": s.embed_start, "embed_finished_at": s.embed_end,
-                "sequences": s.sequences, "tokens": s.tokens,
-                "tokens_per_s": round(s.tokens / s.embed_seconds, 1) if s.embed_seconds > 0 else None,
-                "failures": s.failures, "retries": s.retries, "errors": s.errors,
-            })
+            workers.append(
+                {
+                    "worker": s.slot.index,
+                    "device": s.slot.device,
+                    "gpu": s.slot.gpu,
+                    "healthy": s.healthy,
+                    "tasks": s.tasks,
+                    "seconds": round(s.seconds, 3),
+                    "embed_seconds": round(s.embed_seconds, 3),
+                    "embed_started_at": s.embed_start,
+                    "embed_finished_at": s.embed_end,
+                    "sequences": s.sequences,
+                    "tokens": s.tokens,
+                    "tokens_per_s": round(s.tokens / s.embed_seconds, 1) if s.embed_seconds > 0 else None,
+                    "failures": s.failures,
+                    "retries": s.retries,
+                    "errors": s.errors,
+                }
+            )
         starts = [w["embed_started_at"] for w in workers if w["embed_started_at"] is not None]
         ends = [w["embed_finished_at"] for w in workers if w["embed_finished_at"] is not None]
         tokens = sum(w["tokens"] for w in workers)
         window = (max(ends) - min(starts)) if starts and ends else None
         return {
             "schema": SUMMARY_SCHEMA,
-            "kind": self.kind, "column": self.column, "model": self.cfg.encoder.model,
+            "kind": self.kind,
+            "column": self.column,
+            "model": self.cfg.encoder.model,
             "config": asdict(self.cfg),
             "devices": [s.device for s in self.slots],
             "n_workers": len(self.slots),
-            "sequences": check["ids"], "tokens": tokens,
+            "sequences": check["ids"],
+            "tokens": tokens,
             "wall_seconds": round(wall, 3),
             "embed_window_seconds": round(window, 3) if window is not None else None,
             "tokens_per_s": round(tokens / window, 1) if window else None,
@@ -683,16 +837,26 @@ class _FatalWorkerError(Exception):
 def _reraise_fatal(exc: _FatalWorkerError) -> VirNucProError:
     by_name = {cls.__name__: cls for cls in FATAL_ERRORS}
     cls = by_name.get(str(exc.result.get("error_type")), WorkerFailedError)
-    return cls(f"worker {exc.slot.index} ({exc.slot.device}) on {exc.run.task.name}: "
-               f"{exc.result.get('message')} (log: {exc.run.job.log_path})")
+    return cls(
+        f"worker {exc.slot.index} ({exc.slot.device}) on {exc.run.task.name}: "
+        f"{exc.result.get('message')} (log: {exc.run.job.log_path})"
+    )
 
 
-def embed_all(shard_paths: Sequence[str | os.PathLike[str]], column: str | None, kind: str,
-              cfg: EmbedConfig, gpus: Sequence[int] | None, out_root: str | os.PathLike[str], *,
-              max_retries: int = 2, n_workers: int | None = None,
-              on_worker_start: Callable[[WorkerEvent], None] | None = None,
-              initializer: Callable[[int, int], None] | None = None,
-              cpu_threads: int | None = None) -> dict[str, Any]:
+def embed_all(
+    shard_paths: Sequence[str | os.PathLike[str]],
+    column: str | None,
+    kind: str,
+    cfg: EmbedConfig,
+    gpus: Sequence[int] | None,
+    out_root: str | os.PathLike[str],
+    *,
+    max_retries: int = 2,
+    n_workers: int | None = None,
+    on_worker_start: Callable[[WorkerEvent], None] | None = None,
+    initializer: Callable[[int, int], None] | None = None,
+    cpu_threads: int | None = None,
+) -> dict[str, Any]:
     """Embed every shard with one worker process per device; check and summarise the outputs.
 
     Args:
@@ -735,9 +899,18 @@ def embed_all(shard_paths: Sequence[str | os.PathLike[str]], column: str | None,
     slots = _make_slots(gpus, n_workers, cfg)
     if cpu_threads is None and not gpus:
         cpu_threads = max(1, (os.cpu_count() or 1) // len(slots))
-    coordinator = _Coordinator([Path(p) for p in shard_paths], column, kind, cfg, slots, Path(out_root),
-                               max_retries, on_worker_start, initializer,
-                               None if gpus else cpu_threads)
+    coordinator = _Coordinator(
+        [Path(p) for p in shard_paths],
+        column,
+        kind,
+        cfg,
+        slots,
+        Path(out_root),
+        max_retries,
+        on_worker_start,
+        initializer,
+        None if gpus else cpu_threads,
+    )
     try:
         return coordinator.run()
     except _FatalWorkerError as exc:

@@ -8,6 +8,7 @@ the presence of that file alone.
 The worker's stdout and stderr (file descriptors 1 and 2, so C-level messages and faulthandler
 dumps too) go to the per-worker log file.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -41,7 +42,12 @@ log = logging.getLogger(__name__)
 # Errors that retrying on the same or another device cannot fix: the coordinator stops the run
 # and re-raises them instead of retrying (a bad option, input or checkpoint fails everywhere).
 FATAL_ERRORS: tuple[type[VirNucProError], ...] = (
-    ConfigError, InputError, ModelLoadError, BackendUnavailableError, ResumeMismatchError, NumericalError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+    BackendUnavailableError,
+    ResumeMismatchError,
+    NumericalError,
 )
 
 EXIT_OK = 0
@@ -104,6 +110,7 @@ def _redirect_output(log_path: Path) -> None:
 
 def _watch_parent(parent_pid: int) -> None:
     """If the coordinator dies (even by SIGKILL), stop cleanly instead of holding the GPU forever."""
+
     def loop() -> None:
         while True:
             time.sleep(_PARENT_POLL_S)
@@ -142,10 +149,23 @@ def run_job(job: WorkerJob, parent_pid: int) -> None:
     )
     _watch_parent(parent_pid)
     started = time.time()
-    result: dict[str, Any] = {"pid": os.getpid(), "worker": job.worker, "attempt": job.attempt,
-                              "task": job.task, "device": job.cfg.device, "started_at": started}
-    log.info("task %s attempt %d on %s: %s -> %s (resume=%s)", job.task, job.attempt, job.cfg.device,
-             job.shard_path, job.out_dir, job.cfg.resume)
+    result: dict[str, Any] = {
+        "pid": os.getpid(),
+        "worker": job.worker,
+        "attempt": job.attempt,
+        "task": job.task,
+        "device": job.cfg.device,
+        "started_at": started,
+    }
+    log.info(
+        "task %s attempt %d on %s: %s -> %s (resume=%s)",
+        job.task,
+        job.attempt,
+        job.cfg.device,
+        job.shard_path,
+        job.out_dir,
+        job.cfg.resume,
+    )
     code = EXIT_OK
     try:
         if job.gpu is not None:
@@ -164,13 +184,23 @@ def run_job(job: WorkerJob, parent_pid: int) -> None:
         result.update(status="ok", record=record)
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the result file
         log.error("task %s failed: %s: %s\n%s", job.task, type(exc).__name__, exc, traceback.format_exc())
-        result.update(status="error", error_type=type(exc).__name__, message=str(exc),
-                      fatal=isinstance(exc, FATAL_ERRORS), traceback=traceback.format_exc())
+        result.update(
+            status="error",
+            error_type=type(exc).__name__,
+            message=str(exc),
+            fatal=isinstance(exc, FATAL_ERRORS),
+            traceback=traceback.format_exc(),
+        )
         code = exc.exit_code if isinstance(exc, VirNucProError) else EXIT_ERROR
     result["finished_at"] = time.time()
     atomic_write_text(job.result_path, json.dumps(result, indent=1, default=str))
-    log.info("task %s attempt %d finished: %s in %.2f s", job.task, job.attempt, result["status"],
-             result["finished_at"] - started)
+    log.info(
+        "task %s attempt %d finished: %s in %.2f s",
+        job.task,
+        job.attempt,
+        result["status"],
+        result["finished_at"] - started,
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit: skip interpreter teardown (CUDA/DataLoader atexit hooks can hang a dying worker).

@@ -42,12 +42,16 @@ def resolve_checkpoint_dir(spec: str) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ModelLoadError(f"DNABERT-S model {spec!r} is a file; give the checkpoint directory holding "
-                             "config.json, tokenizer.json and model.safetensors or pytorch_model.bin")
+        raise ModelLoadError(
+            f"DNABERT-S model {spec!r} is a file; give the checkpoint directory holding "
+            "config.json, tokenizer.json and model.safetensors or pytorch_model.bin"
+        )
     if not _HF_ID.match(spec):
-        raise ModelLoadError(f"DNABERT-S model {spec!r} is neither a directory nor a Hugging Face id "
-                             "(owner/name); give a local checkpoint directory, a cached Hugging Face id "
-                             "such as zhihan1996/DNABERT-S, or random:dnabert-s")
+        raise ModelLoadError(
+            f"DNABERT-S model {spec!r} is neither a directory nor a Hugging Face id "
+            "(owner/name); give a local checkpoint directory, a cached Hugging Face id "
+            "such as zhihan1996/DNABERT-S, or random:dnabert-s"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -66,8 +70,10 @@ def read_config(directory: Path) -> DNABERTArch:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelLoadError(f"{directory} has no config.json; a DNABERT-S checkpoint directory needs "
-                             "config.json, tokenizer.json and model.safetensors or pytorch_model.bin") from None
+        raise ModelLoadError(
+            f"{directory} has no config.json; a DNABERT-S checkpoint directory needs "
+            "config.json, tokenizer.json and model.safetensors or pytorch_model.bin"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
@@ -120,8 +126,10 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             raise ModelLoadError(f"{pickled} does not hold a flat state dict of tensors")
         return state
     present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    raise ModelLoadError(f"{directory} has no model.safetensors or pytorch_model.bin (found: "
-                         f"{', '.join(present) or 'nothing'}); point at a complete DNABERT-S checkpoint")
+    raise ModelLoadError(
+        f"{directory} has no model.safetensors or pytorch_model.bin (found: "
+        f"{', '.join(present) or 'nothing'}); point at a complete DNABERT-S checkpoint"
+    )
 
 
 def _listing(keys: set[str], limit: int = 12) -> str:
@@ -130,8 +138,9 @@ def _listing(keys: set[str], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def normalize_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Size],
-                         source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def normalize_state_dict(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Map checkpoint keys onto the encoder's and check that every key is accounted for.
 
     ``bert.``-prefixed keys (checkpoints saved from the masked-LM model) lose the prefix; pooler,
@@ -141,7 +150,7 @@ def normalize_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tor
     out: dict[str, torch.Tensor] = {}
     duplicated: set[str] = set()
     for key, tensor in state.items():
-        name = key[len(BASE_PREFIX):] if key.startswith(BASE_PREFIX) else key
+        name = key[len(BASE_PREFIX) :] if key.startswith(BASE_PREFIX) else key
         if name in IGNORED_KEYS or name.startswith(IGNORED_KEY_PREFIXES):
             continue
         if name in out:
@@ -158,12 +167,16 @@ def normalize_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tor
         problems.append(f"key(s) present both with and without the 'bert.' prefix: {_listing(duplicated)}")
     wrong = {k for k in set(out) & set(expected) if tuple(out[k].shape) != tuple(expected[k])}
     if wrong:
-        problems.append("wrong shape: " + ", ".join(
-            f"{k} {tuple(out[k].shape)} != {tuple(expected[k])}" for k in sorted(wrong)[:8]))
+        problems.append(
+            "wrong shape: "
+            + ", ".join(f"{k} {tuple(out[k].shape)} != {tuple(expected[k])}" for k in sorted(wrong)[:8])
+        )
     if problems:
-        raise ModelLoadError(f"{source} does not match the DNABERT-S architecture in its config.json: "
-                             + "; ".join(problems)
-                             + ". Use a DNABERT-S / DNABERT-2 checkpoint with its own config.json")
+        raise ModelLoadError(
+            f"{source} does not match the DNABERT-S architecture in its config.json: "
+            + "; ".join(problems)
+            + ". Use a DNABERT-S / DNABERT-2 checkpoint with its own config.json"
+        )
     return out
 
 
@@ -186,9 +199,15 @@ def _build(arch: DNABERTArch, tokenizer: DNABERTTokenizer, spec: str, device: to
     # Build on the meta device and materialize once on the target device: no CPU round trip and
     # no default initialization that would be overwritten anyway.
     with torch.device("meta"):
-        info = EncoderInfo(kind="dnabert-s", spec=spec, hidden_size=arch.hidden_size,
-                           num_layers=arch.num_hidden_layers, repr_layer=arch.num_hidden_layers,
-                           max_tokens=MAX_TOKENS, params=0)
+        info = EncoderInfo(
+            kind="dnabert-s",
+            spec=spec,
+            hidden_size=arch.hidden_size,
+            num_layers=arch.num_hidden_layers,
+            repr_layer=arch.num_hidden_layers,
+            max_tokens=MAX_TOKENS,
+            params=0,
+        )
         model = PackedDNABERTS(arch, tokenizer, info)
     model.to_empty(device=device)
     model._finite.reset(device)
@@ -208,13 +227,17 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
     backend = resolve_backend(cfg.attention, device, alibi=True)
     spec = cfg.model.strip()
     if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX):]
+        name = spec[len(RANDOM_PREFIX) :]
         if name not in RANDOM_ARCHS:
-            raise ModelLoadError(f"unknown random DNABERT-S architecture {name!r}; use "
-                                 + " or ".join(RANDOM_PREFIX + n for n in RANDOM_ARCHS))
+            raise ModelLoadError(
+                f"unknown random DNABERT-S architecture {name!r}; use "
+                + " or ".join(RANDOM_PREFIX + n for n in RANDOM_ARCHS)
+            )
         arch = RANDOM_ARCHS[name]
-        tokenizer = DNABERTTokenizer(random_bpe_tokenizer_json(arch.vocab_size),
-                                     source=f"random BPE tokenizer ({arch.vocab_size} tokens)")
+        tokenizer = DNABERTTokenizer(
+            random_bpe_tokenizer_json(arch.vocab_size),
+            source=f"random BPE tokenizer ({arch.vocab_size} tokens)",
+        )
         model = _build(arch, tokenizer, spec, device)
         _init_random(model.bert, arch, cfg.seed)
     else:
@@ -222,8 +245,10 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
         arch = read_config(directory)
         tokenizer = DNABERTTokenizer.from_file(directory / "tokenizer.json")
         if tokenizer.max_id >= arch.vocab_size:
-            raise ModelLoadError(f"{directory}/tokenizer.json has token ids up to {tokenizer.max_id} but "
-                                 f"config.json vocab_size={arch.vocab_size}; tokenizer and weights do not belong together")
+            raise ModelLoadError(
+                f"{directory}/tokenizer.json has token ids up to {tokenizer.max_id} but "
+                f"config.json vocab_size={arch.vocab_size}; tokenizer and weights do not belong together"
+            )
         state = read_state_dict(directory)
         model = _build(arch, tokenizer, spec, device)
         expected = {k: v.shape for k, v in model.bert.state_dict().items()}
@@ -237,9 +262,16 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
     if cfg.compile:
         model.enable_compile()
     model.eval().requires_grad_(False)
-    log.info("DNABERT-S %s: %d layers, hidden %d, %.1fM parameters, %s, attention %s on %s",
-             spec, arch.num_hidden_layers, arch.hidden_size, model.info.params / 1e6, cfg.precision,
-             backend, device)
+    log.info(
+        "DNABERT-S %s: %d layers, hidden %d, %.1fM parameters, %s, attention %s on %s",
+        spec,
+        arch.num_hidden_layers,
+        arch.hidden_size,
+        model.info.params / 1e6,
+        cfg.precision,
+        backend,
+        device,
+    )
     return model
 
 

@@ -21,6 +21,7 @@ Two forwards share the weights:
   (unpad -> per-layer pad for attention with ALiBi + ``-10000`` padding bias -> unpad), used by
   `PackedDNABERTS.embed_reference` (the "v1" path) and as the padded baseline in benchmarks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,7 +54,6 @@ IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"
 BASE_PREFIX = "bert."  # checkpoints saved from BertForMaskedLM prefix every encoder key with it
 
 
-
 # --------------------------------------------------------------------------------------------
 # architecture
 # --------------------------------------------------------------------------------------------
@@ -76,7 +76,8 @@ class DNABERTArch:
         if self.hidden_size % self.num_attention_heads:
             raise ModelLoadError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                f"{self.num_attention_heads}; the config.json is not a DNABERT-S config")
+                f"{self.num_attention_heads}; the config.json is not a DNABERT-S config"
+            )
         for f in fields(self):
             if getattr(self, f.name) <= 0:
                 raise ModelLoadError(f"config field {f.name}={getattr(self, f.name)} must be positive")
@@ -87,8 +88,13 @@ class DNABERTArch:
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "config.json") -> DNABERTArch:
-        required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size")
+        required = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        )
         missing = [k for k in required if k not in data]
         if missing:
             raise ModelLoadError(f"{source} lacks {', '.join(missing)}; it is not a DNABERT-S config.json")
@@ -103,8 +109,9 @@ class DNABERTArch:
 RANDOM_ARCHS: dict[str, DNABERTArch] = {
     "dnabert-s": DNABERTArch(),
     # small enough for CPU tests in seconds; the vocabulary is still a trained BPE one
-    "dnabert-s-tiny": DNABERTArch(vocab_size=256, hidden_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=128),
+    "dnabert-s-tiny": DNABERTArch(
+        vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+    ),
 }
 
 
@@ -187,9 +194,20 @@ class DNABERTBackbone(nn.Module):
         self.encoder = _Encoder(arch)
 
 
-def _out_and_mlp(x: torch.Tensor, ctx: torch.Tensor, dense_w: torch.Tensor, dense_b: torch.Tensor,
-                 ln1_w: torch.Tensor, ln1_b: torch.Tensor, gated_w: torch.Tensor, wo_w: torch.Tensor,
-                 wo_b: torch.Tensor, ln2_w: torch.Tensor, ln2_b: torch.Tensor, eps: float) -> torch.Tensor:
+def _out_and_mlp(
+    x: torch.Tensor,
+    ctx: torch.Tensor,
+    dense_w: torch.Tensor,
+    dense_b: torch.Tensor,
+    ln1_w: torch.Tensor,
+    ln1_b: torch.Tensor,
+    gated_w: torch.Tensor,
+    wo_w: torch.Tensor,
+    wo_b: torch.Tensor,
+    ln2_w: torch.Tensor,
+    ln2_b: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
     """Attention output projection + post-LN, then the gated-GELU MLP + post-LN. ``(T, D)`` -> ``(T, D)``.
 
     Takes tensors rather than the layer module so one compiled graph serves every layer.
@@ -203,8 +221,17 @@ def _out_and_mlp(x: torch.Tensor, ctx: torch.Tensor, dense_w: torch.Tensor, dens
 
 def _block_weights(layer: _Layer) -> tuple[torch.Tensor, ...]:
     out, mlp = layer.attention.output, layer.mlp
-    return (out.dense.weight, out.dense.bias, out.LayerNorm.weight, out.LayerNorm.bias,
-            mlp.gated_layers.weight, mlp.wo.weight, mlp.wo.bias, mlp.layernorm.weight, mlp.layernorm.bias)
+    return (
+        out.dense.weight,
+        out.dense.bias,
+        out.LayerNorm.weight,
+        out.LayerNorm.bias,
+        mlp.gated_layers.weight,
+        mlp.wo.weight,
+        mlp.wo.bias,
+        mlp.layernorm.weight,
+        mlp.layernorm.bias,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,13 +249,15 @@ class PackedDNABERTS(PackedEncoder):
         backend: resolved attention backend (``reference`` runs the padded forward instead).
     """
 
-    def __init__(self, arch: DNABERTArch, tokenizer: DNABERTTokenizer, info: EncoderInfo,
-                 backend: str = "sdpa") -> None:
+    def __init__(
+        self, arch: DNABERTArch, tokenizer: DNABERTTokenizer, info: EncoderInfo, backend: str = "sdpa"
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.bert = DNABERTBackbone(arch)
-        self.register_buffer("alibi_slopes", torch.empty(arch.num_attention_heads, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "alibi_slopes", torch.empty(arch.num_attention_heads, dtype=torch.float32), persistent=False
+        )
         self.tokenizer = tokenizer
         self.info = info
         self.backend = backend
@@ -237,8 +266,9 @@ class PackedDNABERTS(PackedEncoder):
 
     def reset_alibi(self) -> None:
         """(Re)fill the ALiBi slopes in fp32 (after `to_empty` or a dtype cast touched the buffer)."""
-        self.alibi_slopes = torch.tensor(alibi_slopes(self.arch.num_attention_heads),
-                                         dtype=torch.float32, device=self.alibi_slopes.device)
+        self.alibi_slopes = torch.tensor(
+            alibi_slopes(self.arch.num_attention_heads), dtype=torch.float32, device=self.alibi_slopes.device
+        )
 
     def enable_compile(self) -> None:
         """Compile the dense part of each block (projection, LayerNorms, gated MLP) with dynamic shapes."""
@@ -277,10 +307,20 @@ class PackedDNABERTS(PackedEncoder):
         for layer in self.bert.encoder.layer:
             qkv = layer.attention.self.Wqkv(x).view(total, 3, heads, head_dim)
             q, k, v = qkv.unbind(1)
-            ctx = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=self.backend,
-                                   scale=scale, alibi_slopes=slopes, flex_mask=flex_mask)
-            x = self._block(x, ctx.reshape(total, arch.hidden_size), *_block_weights(layer),
-                            arch.layer_norm_eps)
+            ctx = varlen_attention(
+                q,
+                k,
+                v,
+                cu_seqlens,
+                max_seqlen,
+                backend=self.backend,
+                scale=scale,
+                alibi_slopes=slopes,
+                flex_mask=flex_mask,
+            )
+            x = self._block(
+                x, ctx.reshape(total, arch.hidden_size), *_block_weights(layer), arch.layer_norm_eps
+            )
         return x
 
     def pool(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -297,10 +337,14 @@ class PackedDNABERTS(PackedEncoder):
         """Synchronise once; raise `NumericalError` if any batch pooled since the last call had NaN/Inf."""
         self._finite.check(context, precision=_precision_name(self.dtype), backend=self.backend)
 
-    def _reference_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    def _reference_packed(
+        self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+    ) -> torch.Tensor:
         """The padded forward in the model dtype, taking and returning the packed layout."""
         ids, mask = pad_packed(input_ids, cu_seqlens, max_seqlen, self.tokenizer.pad_id)
-        hidden = padded_reference_forward(dict(self.bert.state_dict()), self.arch, ids, mask, dtype=self.dtype)
+        hidden = padded_reference_forward(
+            dict(self.bert.state_dict()), self.arch, ids, mask, dtype=self.dtype
+        )
         return hidden[mask.bool()]
 
     @torch.inference_mode()
@@ -313,7 +357,7 @@ class PackedDNABERTS(PackedEncoder):
         params = {k: v.detach().float() for k, v in self.bert.state_dict().items()}
         out = []
         for start in range(0, len(sequences), batch_size):
-            encoded = self.tokenizer.encode_batch(list(sequences[start:start + batch_size]))
+            encoded = self.tokenizer.encode_batch(list(sequences[start : start + batch_size]))
             ids, mask = pad_batch(encoded, self.tokenizer.pad_id, device)
             hidden = padded_reference_forward(params, self.arch, ids, mask, dtype=torch.float32)
             out.append(masked_mean(hidden, mask))
@@ -336,8 +380,9 @@ def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor
     total = hidden.shape[0]
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.int64)
     lengths = cu[1:] - cu[:-1]
-    seq_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=hidden.device), lengths,
-                                     output_size=total)
+    seq_id = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=hidden.device), lengths, output_size=total
+    )
     sums = torch.zeros(lengths.numel(), hidden.shape[1], dtype=torch.float32, device=hidden.device)
     sums.index_add_(0, seq_id, hidden.float())
     return sums / lengths.clamp(min=1).unsqueeze(1).float()
@@ -361,8 +406,9 @@ def pad_batch(encoded: list, pad_id: int, device: torch.device | str) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
-def pad_packed(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_packed(
+    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed ``(T,)`` ids -> ``(B, max_seqlen)`` padded ids and 0/1 mask (int64), no host sync."""
     cu = cu_seqlens.to(device=input_ids.device, dtype=torch.int64)
     batch = cu.numel() - 1
@@ -382,8 +428,13 @@ def alibi_bias(n_heads: int, size: int, device: torch.device | str) -> torch.Ten
     return -slopes[:, None, None] * distance
 
 
-def padded_reference_forward(params: dict[str, torch.Tensor], arch: DNABERTArch, input_ids: torch.Tensor,
-                             attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def padded_reference_forward(
+    params: dict[str, torch.Tensor],
+    arch: DNABERTArch,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """The remote code's pure-PyTorch forward on a padded batch, written against the checkpoint keys.
 
     Tokens are unpadded after the embeddings; every layer projects the unpadded tokens, pads q/k/v
@@ -428,13 +479,20 @@ def padded_reference_forward(params: dict[str, torch.Tensor], arch: DNABERTArch,
         probs = torch.softmax(scores, dim=-1)
         ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(batch * seqlen, hidden)[indices]
         attn = F.linear(ctx, p[pre + "attention.output.dense.weight"], p[pre + "attention.output.dense.bias"])
-        x = F.layer_norm(attn + x, (hidden,), p[pre + "attention.output.LayerNorm.weight"],
-                         p[pre + "attention.output.LayerNorm.bias"], eps)
+        x = F.layer_norm(
+            attn + x,
+            (hidden,),
+            p[pre + "attention.output.LayerNorm.weight"],
+            p[pre + "attention.output.LayerNorm.bias"],
+            eps,
+        )
         gated = F.linear(x, p[pre + "mlp.gated_layers.weight"])
         inter = arch.intermediate_size
         h = F.gelu(gated[:, :inter], approximate="none") * gated[:, inter:]
         h = F.linear(h, p[pre + "mlp.wo.weight"], p[pre + "mlp.wo.bias"])
-        x = F.layer_norm(h + x, (hidden,), p[pre + "mlp.layernorm.weight"], p[pre + "mlp.layernorm.bias"], eps)
+        x = F.layer_norm(
+            h + x, (hidden,), p[pre + "mlp.layernorm.weight"], p[pre + "mlp.layernorm.bias"], eps
+        )
 
     out = x.new_zeros(batch * seqlen, hidden)
     out[indices] = x

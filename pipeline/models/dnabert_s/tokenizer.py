@@ -8,6 +8,7 @@ through the ``tokenizers`` library directly, so no remote code runs and the ids 
 For ``random:`` models, `random_bpe_tokenizer_json` trains a small deterministic BPE vocabulary
 on seeded random DNA so that token lengths resemble the real model's (~100-130 tokens per 500 bp).
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,8 +73,10 @@ class DNABERTTokenizer(Tokenizer):
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ModelLoadError(f"cannot read tokenizer file {path}: {exc.strerror}; "
-                                 "a DNABERT-S directory needs tokenizer.json") from None
+            raise ModelLoadError(
+                f"cannot read tokenizer file {path}: {exc.strerror}; "
+                "a DNABERT-S directory needs tokenizer.json"
+            ) from None
         return cls(text, source=str(path))
 
     def __getstate__(self) -> dict:
@@ -99,8 +102,9 @@ class DNABERTTokenizer(Tokenizer):
 
 
 @functools.lru_cache(maxsize=4)
-def random_bpe_tokenizer_json(vocab_size: int, seed: int = 0, n_sequences: int | None = None,
-                              length: int = 1000) -> str:
+def random_bpe_tokenizer_json(
+    vocab_size: int, seed: int = 0, n_sequences: int | None = None, length: int = 1000
+) -> str:
     """Train a deterministic DNABERT-style BPE tokenizer on seeded random DNA; returns tokenizer.json text.
 
     Same specials and ids as DNABERT-2/-S (``[UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4``), the same
@@ -121,12 +125,18 @@ def random_bpe_tokenizer_json(vocab_size: int, seed: int = 0, n_sequences: int |
     corpus = [letters[rng.integers(0, 4, length)].tobytes().decode("ascii") for _ in range(n_sequences)]
     backend = FastTokenizer(models.BPE(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=list("ACGTN"), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=list("ACGTN"),
+        show_progress=False,
+    )
     backend.train_from_iterator(corpus, trainer)
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
+    )
     text = backend.to_str()
     vocab = json.loads(text)["model"]["vocab"]
     assert [vocab[t] for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]

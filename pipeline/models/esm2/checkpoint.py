@@ -51,8 +51,13 @@ def _build_esm2(arch: ESM2Arch, device: torch.device, token_dropout: bool = True
     from esm.model.esm2 import ESM2
 
     with torch.device(device):
-        return ESM2(num_layers=arch.num_layers, embed_dim=arch.embed_dim, attention_heads=arch.attention_heads,
-                    alphabet=Alphabet.from_architecture("ESM-1b"), token_dropout=token_dropout)
+        return ESM2(
+            num_layers=arch.num_layers,
+            embed_dim=arch.embed_dim,
+            attention_heads=arch.attention_heads,
+            alphabet=Alphabet.from_architecture("ESM-1b"),
+            token_dropout=token_dropout,
+        )
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -63,7 +68,8 @@ def safe_torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
             f"refused to load {path}: it contains pickled objects outside the ESM-2 checkpoint allow-list "
-            f"(argparse.Namespace, tensors, containers). Details: {str(exc).splitlines()[-1] if str(exc) else exc}. "
+            "(argparse.Namespace, tensors, containers). "
+            f"Details: {str(exc).splitlines()[-1] if str(exc) else exc}. "
             "Use an original fair-esm checkpoint"
         ) from None
     except (OSError, RuntimeError, EOFError) as exc:
@@ -92,8 +98,10 @@ def esm2_from_checkpoint(model_data: Any, source: str, device: torch.device) -> 
     missing = expected - set(state) - optional
     unexpected = set(state) - expected
     if missing or unexpected:
-        raise ModelLoadError(f"{source}: weights do not match ESM-2 {arch}: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+        raise ModelLoadError(
+            f"{source}: weights do not match ESM-2 {arch}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches: the cfg does not describe these tensors
@@ -116,7 +124,8 @@ def _download(name: str, target: Path) -> None:
             torch.hub.download_url_to_file(REGRESSION_URL.format(name=name), str(regression), progress=False)
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise ModelLoadError(
-            f"ESM-2 model {name!r} is not in the torch hub cache (expected {target}) and downloading it failed "
+            f"ESM-2 model {name!r} is not in the torch hub cache (expected {target}) "
+            "and downloading it failed "
             f"({exc}). Copy {name}.pt there, pass a local checkpoint path, or use random:{name} for tests"
         ) from None
 
@@ -148,17 +157,21 @@ def load_esm2(
     device = torch.device(device)
     spec = cfg.model.strip()
     if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX):]
+        name = spec[len(RANDOM_PREFIX) :]
         if name not in ESM2_ARCHS:
-            raise ModelLoadError(f"unknown ESM-2 architecture {name!r} in {spec!r}; use one of "
-                                 + ", ".join(f"random:{n}" for n in ESM2_ARCHS))
+            raise ModelLoadError(
+                f"unknown ESM-2 architecture {name!r} in {spec!r}; use one of "
+                + ", ".join(f"random:{n}" for n in ESM2_ARCHS)
+            )
         esm = _seeded_random(name, cfg.seed, device)
     elif spec in ESM2_ARCHS or re.fullmatch(r"esm2_t\d+_\w+", spec):
         path = hub_checkpoint_path(spec)
         if not path.exists():
             if not allow_download:
-                raise ModelLoadError(f"ESM-2 model {spec!r} is not in the torch hub cache (expected {path}); "
-                                     f"copy {spec}.pt there or pass a local checkpoint path")
+                raise ModelLoadError(
+                    f"ESM-2 model {spec!r} is not in the torch hub cache (expected {path}); "
+                    f"copy {spec}.pt there or pass a local checkpoint path"
+                )
             _download(spec, path)
         esm = esm2_from_checkpoint(safe_torch_load(path), str(path), device)
     else:
@@ -171,8 +184,15 @@ def load_esm2(
         esm = esm2_from_checkpoint(safe_torch_load(path), str(path), device)
     use_compile = cfg.compile and not disable_compile
     model = PackedESM2(esm, spec=spec, precision=cfg.precision, backend=cfg.attention, compile=use_compile)
-    log.info("loaded ESM-2 %s: %d layers, D=%d, %s, backend %s, compile=%s", spec, model.num_layers,
-             model.embed_dim, cfg.precision, model.backend, use_compile)
+    log.info(
+        "loaded ESM-2 %s: %d layers, D=%d, %s, backend %s, compile=%s",
+        spec,
+        model.num_layers,
+        model.embed_dim,
+        cfg.precision,
+        model.backend,
+        use_compile,
+    )
     return model
 
 

@@ -13,6 +13,7 @@ Pooling follows the original VirNucPro ``extract_esm``: the mean over residue po
 EOS excluded), over at most the first 1024 residues (its ``truncation_seq_length=1024`` slice). The
 sequence itself is not truncated: the original fed the whole protein to the model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,14 +53,20 @@ def check_packed_inputs(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_s
     builds it, so they cost no device synchronisation.
     """
     if input_ids.dim() != 1 or input_ids.dtype != torch.int64:
-        raise InputError(f"input_ids must be a (T,) int64 tensor, got shape {tuple(input_ids.shape)} {input_ids.dtype}")
+        raise InputError(
+            f"input_ids must be a (T,) int64 tensor, got shape {tuple(input_ids.shape)} {input_ids.dtype}"
+        )
     if cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32:
-        raise InputError(f"cu_seqlens must be a (B+1,) int32 tensor, got shape {tuple(cu_seqlens.shape)} "
-                         f"{cu_seqlens.dtype}; build it with dtype=torch.int32")
+        raise InputError(
+            f"cu_seqlens must be a (B+1,) int32 tensor, got shape {tuple(cu_seqlens.shape)} "
+            f"{cu_seqlens.dtype}; build it with dtype=torch.int32"
+        )
     total = input_ids.numel()
     if cu_seqlens.numel() < 2 or total == 0:
-        raise InputError("empty batch: no sequences to embed (cu_seqlens has fewer than 2 entries or no tokens); "
-                         "skip empty batches before calling the model")
+        raise InputError(
+            "empty batch: no sequences to embed (cu_seqlens has fewer than 2 entries or no tokens); "
+            "skip empty batches before calling the model"
+        )
     if cu_seqlens.device.type != "cpu":
         return
     cu = cu_seqlens.tolist()
@@ -68,12 +75,16 @@ def check_packed_inputs(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_s
     lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
     if min(lengths) <= 0:
         i = next(i for i, n in enumerate(lengths) if n <= 0)
-        raise InputError(f"cu_seqlens must be strictly increasing; sequence {i} has length {lengths[i]} "
-                         f"(cu_seqlens[{i}]={cu[i]}, cu_seqlens[{i + 1}]={cu[i + 1]})")
+        raise InputError(
+            f"cu_seqlens must be strictly increasing; sequence {i} has length {lengths[i]} "
+            f"(cu_seqlens[{i}]={cu[i]}, cu_seqlens[{i + 1}]={cu[i + 1]})"
+        )
     if cu[-1] != total:
         raise InputError(f"cu_seqlens[-1]={cu[-1]} must equal the number of packed tokens T={total}")
     if max(lengths) > max_seqlen:
-        raise InputError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({max(lengths)} tokens)")
+        raise InputError(
+            f"max_seqlen={max_seqlen} is smaller than the longest sequence ({max(lengths)} tokens)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,8 +132,16 @@ def packed_layer(
     q = _rotary(q, cos, sin)
     k = _rotary(k, cos, sin)
     # fair-esm scales q before the rotation; rotation is linear, so scaling inside the kernel is the same
-    o = varlen_attention(q, k, v.contiguous(), cu_seqlens, max_seqlen, backend=backend, scale=head_dim ** -0.5,
-                         flex_mask=flex_mask)
+    o = varlen_attention(
+        q,
+        k,
+        v.contiguous(),
+        cu_seqlens,
+        max_seqlen,
+        backend=backend,
+        scale=head_dim**-0.5,
+        flex_mask=flex_mask,
+    )
     x = x + F.linear(o.reshape(total, dim), out_w, out_b)
     h = F.layer_norm(x, (dim,), ln2_w, ln2_b, eps)
     h = F.gelu(F.linear(h, fc1_w, fc1_b))  # exact erf GELU, as fair-esm
@@ -177,14 +196,23 @@ class PackedESM2(PackedEncoder):
         self.embed_dim = esm.embed_dim
         self.heads = esm.attention_heads
         if self.embed_dim % self.heads:
-            raise ModelLoadError(f"embed_dim={self.embed_dim} is not divisible by attention_heads={self.heads}")
+            raise ModelLoadError(
+                f"embed_dim={self.embed_dim} is not divisible by attention_heads={self.heads}"
+            )
         self.head_dim = self.embed_dim // self.heads
         self.embed_scale = TOKEN_DROPOUT_SCALE if esm.token_dropout else 1.0
         self.backend = resolve_backend(backend, device, alibi=False, dtype=self.dtype)
         self.tokenizer = ESM2Tokenizer.from_alphabet(esm.alphabet)
         params = sum(p.numel() for p in {id(p): p for p in self.esm.parameters()}.values())
-        self.info = EncoderInfo(kind="esm2", spec=spec, hidden_size=self.embed_dim, num_layers=self.num_layers,
-                                repr_layer=self.num_layers, max_tokens=TRAINED_MAX_TOKENS, params=params)
+        self.info = EncoderInfo(
+            kind="esm2",
+            spec=spec,
+            hidden_size=self.embed_dim,
+            num_layers=self.num_layers,
+            repr_layer=self.num_layers,
+            max_tokens=TRAINED_MAX_TOKENS,
+            params=params,
+        )
         self._layer_params = self._fuse_qkv()
         self._layer_eps = [float(layer.self_attn_layer_norm.eps) for layer in self.esm.layers]
         self._reference_fp32: torch.nn.Module | None = None
@@ -222,14 +250,24 @@ class PackedESM2(PackedEncoder):
             b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
             d = self.embed_dim
             for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
-                proj.weight = torch.nn.Parameter(w[i * d:(i + 1) * d], requires_grad=False)
-                proj.bias = torch.nn.Parameter(b[i * d:(i + 1) * d], requires_grad=False)
-            out.append((
-                layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias, w, b,
-                attn.out_proj.weight, attn.out_proj.bias,
-                layer.final_layer_norm.weight, layer.final_layer_norm.bias,
-                layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias,
-            ))
+                proj.weight = torch.nn.Parameter(w[i * d : (i + 1) * d], requires_grad=False)
+                proj.bias = torch.nn.Parameter(b[i * d : (i + 1) * d], requires_grad=False)
+            out.append(
+                (
+                    layer.self_attn_layer_norm.weight,
+                    layer.self_attn_layer_norm.bias,
+                    w,
+                    b,
+                    attn.out_proj.weight,
+                    attn.out_proj.bias,
+                    layer.final_layer_norm.weight,
+                    layer.final_layer_norm.bias,
+                    layer.fc1.weight,
+                    layer.fc1.bias,
+                    layer.fc2.weight,
+                    layer.fc2.bias,
+                )
+            )
         return out
 
     @property
@@ -261,19 +299,24 @@ class PackedESM2(PackedEncoder):
         flex_mask = flex_block_mask(cu_seqlens, total) if self.backend == "flex" else None
         x = self.esm.embed_tokens(input_ids) * self.embed_scale
         for params, eps in zip(self._layer_params, self._layer_eps):
-            x = self._layer_fn(x, cos, sin, cu_seqlens, max_seqlen, params, self.heads, eps, self.backend,
-                               flex_mask)
+            x = self._layer_fn(
+                x, cos, sin, cu_seqlens, max_seqlen, params, self.heads, eps, self.backend, flex_mask
+            )
         if self.compiled:
             self._log_compile_stats()
         return self.esm.emb_layer_norm_after(x)
 
-    def _reference_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    def _reference_packed(
+        self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+    ) -> torch.Tensor:
         """fair-esm's own padded forward (compute dtype) on the unpacked batch, re-packed to ``(T, D)``."""
         total = input_ids.numel()
         batch = cu_seqlens.numel() - 1
         seq_id, pos = sequence_index(cu_seqlens, total)
         slot = seq_id * max_seqlen + pos
-        padded = torch.full((batch * max_seqlen,), self.esm.padding_idx, dtype=torch.int64, device=input_ids.device)
+        padded = torch.full(
+            (batch * max_seqlen,), self.esm.padding_idx, dtype=torch.int64, device=input_ids.device
+        )
         padded[slot] = input_ids
         rep = self.esm(padded.view(batch, max_seqlen), repr_layers=[self.num_layers])["representations"]
         return rep[self.num_layers].reshape(batch * max_seqlen, -1)[slot]
@@ -309,15 +352,21 @@ class PackedESM2(PackedEncoder):
         from torch._dynamo.utils import counters
 
         graphs = int(counters["stats"].get("unique_graphs", 0))
-        return {"unique_graphs": graphs, "recompiles": max(graphs - 1, 0),
-                "calls_captured": int(counters["stats"].get("calls_captured", 0))}
+        return {
+            "unique_graphs": graphs,
+            "recompiles": max(graphs - 1, 0),
+            "calls_captured": int(counters["stats"].get("calls_captured", 0)),
+        }
 
     def _log_compile_stats(self) -> None:
         graphs = self.compile_stats()["unique_graphs"]
         if graphs != self._graphs_seen:
             self._graphs_seen = graphs
-            log.info("torch.compile of the ESM-2 layer: %d graph(s) compiled so far (recompilations: %d)",
-                     graphs, max(graphs - 1, 0))
+            log.info(
+                "torch.compile of the ESM-2 layer: %d graph(s) compiled so far (recompilations: %d)",
+                graphs,
+                max(graphs - 1, 0),
+            )
 
     # -- reference (v1) path -----------------------------------------------------------------------
 
@@ -330,8 +379,10 @@ class PackedESM2(PackedEncoder):
             ref = copy.deepcopy(self.esm).float()
             for layer in ref.layers:  # .half() rounded the rotary inverse frequencies; rebuild them in fp32
                 rot = layer.self_attn.rot_emb
-                rot.inv_freq = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=rot.inv_freq.device)
-                                                .float() / self.head_dim))
+                rot.inv_freq = 1.0 / (
+                    10000
+                    ** (torch.arange(0, self.head_dim, 2, device=rot.inv_freq.device).float() / self.head_dim)
+                )
                 rot._seq_len_cached = None
             self._reference_fp32 = ref
         return self._reference_fp32
@@ -348,13 +399,22 @@ class PackedESM2(PackedEncoder):
         converter = model.alphabet.get_batch_converter()
         out = []
         for start in range(0, len(sequences), batch_size):
-            chunk = sequences[start:start + batch_size]
+            chunk = sequences[start : start + batch_size]
             _, _, tokens = converter([(str(i), s) for i, s in enumerate(chunk)])
-            rep = model(tokens.to(self.device), repr_layers=[self.num_layers])["representations"][self.num_layers]
+            rep = model(tokens.to(self.device), repr_layers=[self.num_layers])["representations"][
+                self.num_layers
+            ]
             for i, seq in enumerate(chunk):
                 n = min(len(seq), POOL_MAX_RESIDUES)
-                out.append(rep[i, 1:n + 1].float().mean(0))
+                out.append(rep[i, 1 : n + 1].float().mean(0))
         return torch.stack(out)
 
 
-__all__ = ["POOL_MAX_RESIDUES", "TOKEN_DROPOUT_SCALE", "PackedESM2", "check_packed_inputs", "packed_layer", "rotary_tables"]
+__all__ = [
+    "POOL_MAX_RESIDUES",
+    "TOKEN_DROPOUT_SCALE",
+    "PackedESM2",
+    "check_packed_inputs",
+    "packed_layer",
+    "rotary_tables",
+]

@@ -52,8 +52,10 @@ class ESM2Tokenizer(Tokenizer):
             raw = np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)
         except UnicodeEncodeError:
             bad = next(c for c in sequence if ord(c) >= 128)
-            raise InputError(f"protein sequence contains the non-ASCII character {bad!r} at position "
-                             f"{sequence.index(bad)}; ESM-2's alphabet has no such residue") from None
+            raise InputError(
+                f"protein sequence contains the non-ASCII character {bad!r} at position "
+                f"{sequence.index(bad)}; ESM-2's alphabet has no such residue"
+            ) from None
         ids = self._lut[raw]
         if (ids < 0).any():
             pos = int(np.flatnonzero(ids < 0)[0])

@@ -8,6 +8,7 @@ Faults are injected through the coordinator's public hooks only: ``on_worker_sta
 each worker's pid (to SIGKILL it), and ``initializer`` runs a function from this module inside the
 worker, which wraps the encoder so that it slows down or raises.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,13 +47,21 @@ def _frames(n: int, seed: int = 1) -> pa.Table:
     lengths = rng.integers(8, 40, n)
     protein = ["".join(rng.choice(list(AMINO), int(k))) for k in lengths]
     nucleotide = ["".join(rng.choice(list("ACGT"), 3 * int(k) + 1)) for k in lengths]
-    return pa.table({"id": [f"rec{i}_F{i % 3 + 1}" for i in range(n)], "nucleotide": nucleotide,
-                     "protein": protein})
+    return pa.table(
+        {"id": [f"rec{i}_F{i % 3 + 1}" for i in range(n)], "nucleotide": nucleotide, "protein": protein}
+    )
 
 
 def _cfg(model: str, **kw) -> EmbedConfig:
-    return EmbedConfig(encoder=EncoderConfig(model), device="cpu", token_budget=64, num_workers=0,
-                       part_size=2, progress=False, **kw)
+    return EmbedConfig(
+        encoder=EncoderConfig(model),
+        device="cpu",
+        token_budget=64,
+        num_workers=0,
+        part_size=2,
+        progress=False,
+        **kw,
+    )
 
 
 def _vectors(dirs) -> dict[str, np.ndarray]:
@@ -63,7 +72,9 @@ def _vectors(dirs) -> dict[str, np.ndarray]:
     return {i: vectors[r] for r, i in enumerate(emb.ids.tolist())}
 
 
-def _clean_run(table: pa.Table, kind: str, model: str, tmp: Path, device: str = "cpu") -> dict[str, np.ndarray]:
+def _clean_run(
+    table: pa.Table, kind: str, model: str, tmp: Path, device: str = "cpu"
+) -> dict[str, np.ndarray]:
     """The reference: this process, one device, one shard holding every row.
 
     ``device`` must be of the same type as the workers': ``random:`` weights come from that
@@ -166,10 +177,22 @@ def _write_dir(directory: Path, ids_per_part: list[list[str]], *, complete: bool
         vectors = np.arange(len(ids) * dim, dtype=np.float32).reshape(len(ids), dim) + 100 * p
         write_part(directory, p, ids, vectors, "fp")
         rows += len(ids)
-    write_metadata(directory, {"format": FORMAT, "kind": "esm2", "model": ESM, "repr_layer": 6,
-                               "hidden_size": dim, "precision": "fp32", "dtype": "float32",
-                               "fingerprint": "fp", "n_rows": rows, "n_parts": len(ids_per_part),
-                               "complete": complete})
+    write_metadata(
+        directory,
+        {
+            "format": FORMAT,
+            "kind": "esm2",
+            "model": ESM,
+            "repr_layer": 6,
+            "hidden_size": dim,
+            "precision": "fp32",
+            "dtype": "float32",
+            "fingerprint": "fp",
+            "n_rows": rows,
+            "n_parts": len(ids_per_part),
+            "complete": complete,
+        },
+    )
 
 
 def test_check_outputs_names_missing_and_duplicated_ids(tmp_path: Path) -> None:
@@ -203,14 +226,16 @@ def test_salvage_keeps_only_valid_parts_as_a_complete_directory(tmp_path: Path) 
 
 def test_remaining_rows_are_split_by_stride_in_shard_order(tmp_path: Path) -> None:
     shard = tmp_path / "shard-001.parquet"
-    pq.write_table(pa.table({"id": [f"s{i}" for i in range(9)], "nucleotide": ["ACG"] * 9,
-                             "protein": ["M"] * 9}), shard)
+    pq.write_table(
+        pa.table({"id": [f"s{i}" for i in range(9)], "nucleotide": ["ACG"] * 9, "protein": ["M"] * 9}), shard
+    )
     paths = write_remaining_subshards(shard, {"s0", "s4"}, 3, tmp_path / "re", "shard-001")
     got = [pq.read_table(p).column("id").to_pylist() for p in paths]
     assert [p.name for p in paths] == ["shard-001.r0.parquet", "shard-001.r1.parquet", "shard-001.r2.parquet"]
     assert got == [["s1", "s5", "s8"], ["s2", "s6"], ["s3", "s7"]]
-    assert write_remaining_subshards(shard, {f"s{i}" for i in range(8)}, 3, tmp_path / "re2", "x") \
-        == [tmp_path / "re2" / "x.r0.parquet"]
+    assert write_remaining_subshards(shard, {f"s{i}" for i in range(8)}, 3, tmp_path / "re2", "x") == [
+        tmp_path / "re2" / "x.r0.parquet"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,8 +254,17 @@ def test_sigkilled_worker_is_retried_and_matches_a_clean_run(tmp_path: Path) -> 
         if ev.worker == 0 and ev.attempt == 0:
             _when_first_part(ev.out_dir, lambda: os.kill(ev.pid, signal.SIGKILL))
 
-    summary = embed_all(shards, None, "esm2", _cfg(ESM), None, tmp_path / "out", n_workers=2,
-                        on_worker_start=on_start, initializer=slow_first_attempt_of_worker0)
+    summary = embed_all(
+        shards,
+        None,
+        "esm2",
+        _cfg(ESM),
+        None,
+        tmp_path / "out",
+        n_workers=2,
+        on_worker_start=on_start,
+        initializer=slow_first_attempt_of_worker0,
+    )
 
     w0 = summary["workers"][0]
     assert w0["failures"] == 1 and w0["retries"] == 1 and w0["healthy"]
@@ -249,8 +283,17 @@ def test_failing_worker_is_retired_and_its_rows_redistributed(tmp_path: Path) ->
     table = _frames(24, seed=2)
     shards = write_table_shards(table, 2, tmp_path / "shards")
 
-    summary = embed_all(shards, None, "esm2", _cfg(ESM), None, tmp_path / "out", n_workers=2,
-                        max_retries=1, initializer=worker1_keeps_failing)
+    summary = embed_all(
+        shards,
+        None,
+        "esm2",
+        _cfg(ESM),
+        None,
+        tmp_path / "out",
+        n_workers=2,
+        max_retries=1,
+        initializer=worker1_keeps_failing,
+    )
 
     w1 = summary["workers"][1]
     assert not w1["healthy"] and w1["failures"] == 2 and w1["retries"] == 1
@@ -276,8 +319,17 @@ def test_sigterm_stops_workers_and_resume_completes(tmp_path: Path) -> None:
             _when_first_part(ev.out_dir, lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     with pytest.raises(Interrupted):
-        embed_all(shards, None, "esm2", _cfg(ESM), None, tmp_path / "out", n_workers=2,
-                  on_worker_start=on_start, initializer=slow_everywhere)
+        embed_all(
+            shards,
+            None,
+            "esm2",
+            _cfg(ESM),
+            None,
+            tmp_path / "out",
+            n_workers=2,
+            on_worker_start=on_start,
+            initializer=slow_everywhere,
+        )
     for pid in pids:  # every worker has exited (and was reaped)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -295,8 +347,16 @@ def test_an_error_no_retry_can_fix_stops_the_run_at_once(tmp_path: Path) -> None
     shards = write_table_shards(_frames(4), 1, tmp_path / "shards")
     events: list[WorkerEvent] = []
     with pytest.raises(ModelLoadError, match="worker 0 .*random:esm2_no_such_model"):
-        embed_all(shards, None, "esm2", _cfg("random:esm2_no_such_model"), None, tmp_path / "out",
-                  n_workers=1, on_worker_start=events.append)
+        embed_all(
+            shards,
+            None,
+            "esm2",
+            _cfg("random:esm2_no_such_model"),
+            None,
+            tmp_path / "out",
+            n_workers=1,
+            on_worker_start=events.append,
+        )
     assert len(events) == 1  # not retried
 
 
