@@ -9,6 +9,7 @@ from pipeline.core.errors import BackendUnavailableError, ConfigError
 from pipeline.models import attention
 from pipeline.models.attention import (
     available_backends,
+    flex_block_mask,
     flex_varlen,
     resolve_backend,
     sdpa_varlen,
@@ -65,6 +66,22 @@ def test_flex_masks_match_per_sequence_attention(slopes):
     q, k, v, cu = packed(LENGTHS)
     out = flex_varlen(q, k, v, cu, 0.3, slopes, compiled=False)
     torch.testing.assert_close(out, naive(q, k, v, LENGTHS, 0.3, slopes), atol=1e-5, rtol=1e-5)
+
+
+# Lengths whose packed batch spans several 128-token flex blocks, with boundaries inside blocks and
+# blocks that lie wholly inside one sequence (the mask's "full block" fast path).
+BLOCK_LENGTHS = [3, 150, 1, 200, 7, 40]
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, BLOCK_LENGTHS], ids=["one-block", "several-blocks"])
+@pytest.mark.parametrize("slopes", [None, SLOPES], ids=["no-bias", "alibi"])
+def test_flex_block_mask_matches_per_sequence_attention(lengths, slopes):
+    # The models build the document mask once per forward with `flex_block_mask` and pass it to every
+    # layer, so this is the mask production uses (flex_varlen's own mask is only its fallback).
+    q, k, v, cu = packed(lengths)
+    mask = flex_block_mask(cu, q.shape[0], compiled=False)
+    out = flex_varlen(q, k, v, cu, 0.3, slopes, compiled=False, block_mask=mask)
+    torch.testing.assert_close(out, naive(q, k, v, lengths, 0.3, slopes), atol=1e-5, rtol=1e-5)
 
 
 def test_no_attention_across_sequences():
