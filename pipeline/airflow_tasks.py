@@ -11,12 +11,31 @@ without it; torch and the models are imported inside the task bodies (via
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pipeline.core.errors import as_virnucpro_error
 from pipeline.run.steps import GPU_POOL, GPU_QUEUE, gpu_executor_config, resolve_output_dir
 
-__all__ = ["gpu_task_kwargs", "output_dir_for", "production_chain"]
+__all__ = ["gpu_task_kwargs", "output_dir_for", "production_chain", "run_step"]
+
+T = TypeVar("T")
+
+
+def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call one step body inside the DAG tasks' error boundary (the CLI's, for tasks).
+
+    An operating-system error leaves as a one-line `FileSystemError` naming the path, raised without
+    its chain so the task log shows the message, not a library traceback; typed errors pass through.
+    """
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:
+        error = as_virnucpro_error(exc)
+        if error is None or error is exc:
+            raise
+    raise error from None
 
 
 def gpu_task_kwargs() -> dict[str, Any]:
@@ -52,19 +71,19 @@ def production_chain(dag_id: str, default_output_root: str | Path) -> tuple[Any,
     def prepare(params=None, run_id=None) -> str:
         from pipeline.run.steps import prepare_step
 
-        return prepare_step(params, output_dir_for(params, run_id, default_output_root))
+        return run_step(prepare_step, params, output_dir_for(params, run_id, default_output_root))
 
     @task
     def shard(run_dir: str, params=None) -> list[str]:
         from pipeline.run.steps import shard_step
 
-        return shard_step(run_dir, int(params["gpu_slots"]))
+        return run_step(shard_step, run_dir, int(params["gpu_slots"]))
 
     @task(retries=2, **gpu_task_kwargs())
     def embed(shard_path: str, run_dir: str, params=None, ti=None) -> list[str]:
         from pipeline.run.steps import embed_step
 
-        return embed_step(params, run_dir, shard_path, ti.map_index, ti.try_number)
+        return run_step(embed_step, params, run_dir, shard_path, ti.map_index, ti.try_number)
 
     # none_failed: with no frame to embed the mapped embed task is skipped, and classify still
     # writes the (empty) scores so the run ends with header-only outputs like `virnucpro predict`.
@@ -72,21 +91,21 @@ def production_chain(dag_id: str, default_output_root: str | Path) -> tuple[Any,
     def classify(run_dir: str, shard_paths: list[str], params=None) -> str:
         from pipeline.run.steps import classify_step
 
-        return classify_step(params, run_dir, shard_paths)
+        return run_step(classify_step, params, run_dir, shard_paths)
 
     @task
     def merge(run_dir: str, scores: str) -> dict[str, str]:
         from pipeline.run.steps import merge_step
 
-        return merge_step(run_dir)
+        return run_step(merge_step, run_dir)
 
     @task
     def record(run_dir: str, outputs: dict[str, str], params=None, run_id=None) -> str:
         from pipeline.run.steps import record_step
         from validation.steps import ingest_step
 
-        path = record_step(params, run_dir, f"{dag_id}:{run_id}", outputs)
-        ingest_step([path], params["metrics_db"] or None)
+        path = run_step(record_step, params, run_dir, f"{dag_id}:{run_id}", outputs)
+        run_step(ingest_step, [path], params["metrics_db"] or None)
         return path
 
     run_dir = prepare()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
 
 RUN_SCHEMA = "virnucpro.run/1"
 VALIDATE_SCHEMA = "virnucpro.validate/1"
@@ -151,6 +151,33 @@ DATA_TABLES = (
     "device_benchmarks",
     "ingested_files",
 )
+
+
+# Never fetch or load code behind the operator's back: a non-DuckDB file (a SQLite database, say)
+# would otherwise make DuckDB download and load the matching extension.
+DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+DUCKDB_MAGIC = b"DUCK"  # bytes 8..11 of every DuckDB database file
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_duckdb_file(path: Path) -> None:
+    """Refuse an existing ``path`` that is not a DuckDB database, before DuckDB opens it.
+
+    A path that does not exist yet is fine (the store creates it).
+    """
+    if path.is_dir():
+        raise ConfigError(f"metrics database {path} is a directory; give a DuckDB file path")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return
+    if head[8:12] != DUCKDB_MAGIC:
+        kind = "a SQLite database" if head.startswith(_SQLITE_MAGIC) else "some other file"
+        raise ConfigError(
+            f"metrics database {path} is not a DuckDB database (it is {kind}); give a DuckDB file, or a "
+            "path that does not exist yet to create one (--db / VIRNUCPRO_METRICS_DB)"
+        )
 
 
 @dataclass(frozen=True)
@@ -280,23 +307,35 @@ class MetricsStore:
 
     @contextmanager
     def connect(self, read_only: bool = False):
-        """A DuckDB connection to the store (closed on exit)."""
+        """A DuckDB connection to the store (closed on exit), extension auto-install/auto-load off."""
         import duckdb
 
         if not isinstance(self.path, Path):
             if self._memory_con is None:
-                self._memory_con = duckdb.connect(":memory:")
+                self._memory_con = duckdb.connect(":memory:", config=dict(DUCKDB_CONFIG))
             yield self._memory_con
             return
+        check_duckdb_file(self.path)
         try:
-            con = duckdb.connect(str(self.path), read_only=read_only)
+            con = duckdb.connect(str(self.path), read_only=read_only, config=dict(DUCKDB_CONFIG))
         except duckdb.Error as exc:
-            raise ConfigError(
-                f"cannot open metrics database {self.path}: {exc}; check the path "
-                "(--db / VIRNUCPRO_METRICS_DB) and that no other process is writing"
-            ) from exc
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            if "lock" in first.lower():
+                raise ConfigError(
+                    f"cannot open metrics database {self.path}: {first}; another process is writing it, "
+                    "wait for it or give another --db / VIRNUCPRO_METRICS_DB"
+                ) from None
+            raise OutputIntegrityError(
+                f"metrics database {self.path} is corrupt or truncated ({type(exc).__name__}); restore it "
+                "from a backup, or move it aside and ingest the result files into a new one"
+            ) from None
         try:
             yield con
+        except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
+            raise OutputIntegrityError(
+                f"metrics database {self.path} is corrupt or truncated ({type(exc).__name__}); restore it "
+                "from a backup, or move it aside and ingest the result files into a new one"
+            ) from None
         finally:
             con.close()
 
@@ -351,47 +390,51 @@ class MetricsStore:
         again adds nothing and returns ``skipped=True``.
 
         Raises:
-            InputError: the file is missing, not JSON, or not a known result file.
+            InputError: the file is missing, not JSON, not a known result file, or breaks its
+                schema (`validation.schemas`); the database is then unchanged.
         """
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}; check the path") from exc
-        try:
-            doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path} is not valid JSON ({exc}); give a result JSON file") from exc
-        try:
-            file_type = detect_file_type(doc)
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        digest = _sha256(data)
-        with self.connect() as con:
-            seen = con.execute(
-                "SELECT file_type, run_id FROM ingested_files WHERE sha256 = ?", [digest]
-            ).fetchone()
-            if seen is not None:
-                return IngestResult(path, seen[0], seen[1], skipped=True, rows=0)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                before = self._total_rows(con)
-                # Fallback run ids hash the parsed content, so re-serialising a file keeps its id.
-                content_id = _sha256(json.dumps(doc, sort_keys=True).encode())
-                run_id = _INGESTERS[file_type](con, doc, content_id)
-                con.execute(
-                    "INSERT INTO ingested_files (sha256, path, file_type, run_id) VALUES (?, ?, ?, ?)",
-                    [digest, str(path), file_type, run_id],
-                )
-                rows = self._total_rows(con) - before
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        return IngestResult(path, file_type, run_id, skipped=False, rows=rows)
+        return self.ingest_files([path])[0]
 
     def ingest_files(self, paths: Iterable[str | Path]) -> list[IngestResult]:
-        return [self.ingest_file(p) for p in paths]
+        """Ingest several files all or nothing: every file is read and validated first, then all
+        are written in one transaction, so one bad file leaves the database unchanged."""
+        loaded = [_load_result_file(Path(p)) for p in paths]
+        import duckdb
+
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                results = []
+                for path, data, doc, file_type in loaded:
+                    try:
+                        results.append(self._ingest_doc(con, path, data, doc, file_type))
+                    except duckdb.Error as exc:  # a value the schema let through but the column refuses
+                        raise InputError(
+                            f"{path}: a value does not fit the metrics database ({type(exc).__name__}); "
+                            "nothing was stored; fix the file and ingest it again"
+                        ) from None
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return results
+
+    def _ingest_doc(self, con, path: Path, data: bytes, doc: Any, file_type: str) -> IngestResult:
+        digest = _sha256(data)
+        seen = con.execute(
+            "SELECT file_type, run_id FROM ingested_files WHERE sha256 = ?", [digest]
+        ).fetchone()
+        if seen is not None:
+            return IngestResult(path, seen[0], seen[1], skipped=True, rows=0)
+        before = self._total_rows(con)
+        # Fallback run ids hash the parsed content, so re-serialising a file keeps its id.
+        content_id = _sha256(json.dumps(doc, sort_keys=True).encode())
+        run_id = _INGESTERS[file_type](con, doc, content_id)
+        con.execute(
+            "INSERT INTO ingested_files (sha256, path, file_type, run_id) VALUES (?, ?, ?, ?)",
+            [digest, str(path), file_type, run_id],
+        )
+        return IngestResult(path, file_type, run_id, skipped=False, rows=self._total_rows(con) - before)
 
     @staticmethod
     def _total_rows(con) -> int:
@@ -400,6 +443,33 @@ class MetricsStore:
             for t in DATA_TABLES
             if t != "ingested_files"
         )
+
+
+def _load_result_file(path: Path) -> tuple[Path, bytes, Any, str]:
+    """Read, parse, detect and schema-check one result file: ``(path, bytes, document, file type)``."""
+    from validation.schemas import schema_problem
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}; check the path") from exc
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); give a result JSON file") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply; give a result JSON file") from None
+    try:
+        file_type = detect_file_type(doc)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    problem = schema_problem(doc, file_type)
+    if problem is not None:
+        raise InputError(
+            f"{path}: not a valid {file_type} result file ({problem}); nothing was stored; fix or "
+            "regenerate the file"
+        )
+    return path, data, doc, file_type
 
 
 # ---- per-type ingesters: (connection, parsed document, content sha256) -> run_id ----------------------

@@ -28,7 +28,8 @@ def _to_data_uri(fig) -> str:
 
 
 def _short(label: str, width: int = 48) -> str:
-    return label if len(label) <= width else label[: width - 1] + "…"
+    short = label if len(label) <= width else label[: width - 1] + "…"
+    return short.replace("$", r"\$")  # a model or run name, not a mathtext formula
 
 
 def throughput_over_time(df) -> str:

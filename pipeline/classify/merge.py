@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.atomic import atomic_open
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, OutputIntegrityError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -223,12 +223,19 @@ def write_summary(summary: pd.DataFrame, path: str | Path) -> Path:
 
 def read_scores(scores_path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``frame_scores.parquet`` -> (ids, score_others float32, score_virus float32)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(scores_path)
     if not path.is_file():
         raise InputError(f"scores file {path} does not exist; run the classify stage first")
-    table = pq.read_table(path, columns=["id", "score_others", "score_virus"])
+    try:
+        table = pq.read_table(path, columns=["id", "score_others", "score_virus"])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise OutputIntegrityError(
+            f"{path} is truncated or not a frame-scores Parquet file ({type(exc).__name__}); rerun the "
+            "classify stage (virnucpro predict ... --resume) to rewrite it"
+        ) from None
     ids = [str(x) for x in table.column("id").to_pylist()]
     s1 = table.column("score_others").to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     s2 = table.column("score_virus").to_numpy(zero_copy_only=False).astype(np.float32, copy=False)

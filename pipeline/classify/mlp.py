@@ -207,8 +207,20 @@ def _load_pth(path: Path) -> MLPClassifier:
             f"could run code ({detail.strip()}); only the original 300_model.pth/500_model.pth "
             "layout or project .safetensors files are accepted"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
-        raise ModelLoadError(f"cannot read classifier {path}: {exc}") from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        KeyError,
+        IndexError,
+    ) as exc:
+        raise ModelLoadError(
+            f"cannot read classifier {path}: not a torch checkpoint ({type(exc).__name__}); give the "
+            "original 300_model.pth/500_model.pth, a .safetensors file from virnucpro train, or 'random'"
+        ) from None
     if isinstance(obj, _PickledOriginal):
         try:
             state = obj.state_dict()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.atomic import atomic_write_bytes
+from pipeline.core.errors import OutputIntegrityError
+from pipeline.core.paths import read_json_state
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,7 +68,8 @@ def plot_record_scores(
                 solid_capstyle="butt",
             )
         ax.axhline(0.5, color="lightgray", linewidth=0.8, linestyle="--", zorder=0)
-        ax.set_title(str(record), fontsize=11, fontweight="bold", loc="left")
+        # parse_math off: a record id such as a$\\foo$b is a name, not a TeX formula
+        ax.set_title(str(record), fontsize=11, fontweight="bold", loc="left", parse_math=False)
         ax.set_ylim(-0.02, 1.05)
         ax.set_ylabel("max P(virus)", fontsize=9, color="dimgray")
         ax.spines["top"].set_visible(False)
@@ -93,8 +96,6 @@ def plot_run(
 ) -> bytes:
     """`plot_record_scores` for a finished predict output directory (``frame_scores.parquet`` +
     ``chunked.fa``); the chunk size defaults to the one in ``run_record.json`` (else 500)."""
-    import json
-
     from pipeline.classify.merge import chunk_ids, chunk_table, read_scores
 
     root = Path(run_dir)
@@ -102,7 +103,15 @@ def plot_run(
         chunk_size = 500
         record = root / "run_record.json"
         if record.is_file():
-            chunk_size = int(json.loads(record.read_text()).get("config", {}).get("chunk_size", 500))
+            data = read_json_state(record, "run record", "rerun the predict stage into a new directory")
+            config = (data.get("config") or {}) if isinstance(data, dict) else None
+            value = config.get("chunk_size", 500) if isinstance(config, dict) else None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OutputIntegrityError(
+                    f"{record}: the run record has no valid config.chunk_size; rerun predict into a new "
+                    "directory, or give the chunk size explicitly"
+                )
+            chunk_size = value
     ids, s1, s2 = read_scores(root / "frame_scores.parquet")
     table = chunk_table(ids, s1, s2, chunk_ids(root))
     return plot_record_scores(

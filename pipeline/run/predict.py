@@ -21,7 +21,8 @@ from typing import Any
 
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.config import EmbedConfig, EncoderConfig, PredictConfig, Settings, is_random_classifier
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
+from pipeline.core.paths import read_json_state
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,10 @@ def preflight(cfg: PredictConfig) -> dict[str, Any]:
     inputs = {"input_sha256": _file_sha256(Path(cfg.input_path)), "chunk_size": cfg.chunk_size}
     recorded = Path(cfg.output_dir) / INPUTS_FILE
     if cfg.resume and recorded.is_file():
-        before = json.loads(recorded.read_text())
+        remedy = "rerun without --resume into an empty directory"
+        before = read_json_state(recorded, "record of the run's inputs", remedy)
+        if not isinstance(before, dict):
+            raise OutputIntegrityError(f"{recorded}: not a JSON object; {remedy}")
         differs = [k for k in inputs if before.get(k) != inputs[k]]
         if differs:
             raise ResumeMismatchError(

@@ -86,12 +86,12 @@ def esm2_from_checkpoint(model_data: Any, source: str, device: torch.device) -> 
         arch = ESM2Arch(int(cfg.encoder_layers), int(cfg.encoder_embed_dim), int(cfg.encoder_attention_heads))
         token_dropout = bool(getattr(cfg, "token_dropout", True))
         raw_state = model_data["model"]
+        state = {_PREFIX.sub("", k): v for k, v in raw_state.items()}
     except (KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(
             f"{source} is not a fair-esm ESM-2 checkpoint: expected {{'model': state_dict, 'cfg': {{'model': "
             f"Namespace(encoder_layers, encoder_embed_dim, encoder_attention_heads, ...)}}}} ({exc!r})"
         ) from None
-    state = {_PREFIX.sub("", k): v for k, v in raw_state.items()}
     model = _build_esm2(arch, device, token_dropout)
     expected = set(model.state_dict())
     optional = {"contact_head.regression.weight", "contact_head.regression.bias"}
