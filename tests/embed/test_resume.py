@@ -102,6 +102,22 @@ def assert_same(out: Path, ref: Path) -> None:
     np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), rtol=1e-4, atol=1e-5)
 
 
+def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every file's bytes and every entry's mtime under ``root`` (directories too: an entry created
+    and removed again, such as a temporary file, changes its directory's mtime)."""
+    entries = {".": (None, root.stat().st_mtime_ns)}
+    for path in sorted(root.rglob("*")):
+        content = path.read_bytes() if path.is_file() else None
+        entries[str(path.relative_to(root))] = (content, path.stat().st_mtime_ns)
+    return entries
+
+
+def changed(before: dict[str, tuple[bytes | None, int]], root: Path) -> list[str]:
+    """Entries of ``root`` added, removed, rewritten or touched since ``before = snapshot(root)``."""
+    after = snapshot(root)
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+
+
 def markers(out: Path) -> int:
     return len(list(out.glob("part-*.done"))) if out.exists() else 0
 
@@ -225,6 +241,10 @@ def test_corrupted_and_partial_parts_are_redone(tmp_path: Path, reference, encod
 
 def test_resume_refuses_other_model_precision_or_input(tmp_path: Path, reference, encoder) -> None:
     shard, ref = reference
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "part-00000.npy").write_bytes(b"x")
+    before_ref, before_stray = snapshot(ref), snapshot(stray)
     with pytest.raises(ResumeMismatchError, match=r"precision \(existing 'fp32', now 'bf16'\)"):
         run(shard, ref, cfg(resume=True, precision="bf16"), encoder)
     with pytest.raises(ResumeMismatchError, match="model .*esm2_t12_35M_UR50D"):
@@ -234,9 +254,7 @@ def test_resume_refuses_other_model_precision_or_input(tmp_path: Path, reference
     other = write_shard(tmp_path / "other.parquet", proteins(N_SEQS, seed=9))
     with pytest.raises(ResumeMismatchError, match="fingerprint"):
         run(other, ref, cfg(resume=True), encoder)
-    stray = tmp_path / "stray"
-    stray.mkdir()
-    (stray / "part-00000.npy").write_bytes(b"x")
     with pytest.raises(ResumeMismatchError, match="no metadata.json"):
         run(shard, stray, cfg(resume=True), encoder)
-    assert_same(ref, ref)  # the refused attempts left the reference untouched
+    # the refused attempts wrote nothing, not even the same bytes again
+    assert changed(before_ref, ref) == [] and changed(before_stray, stray) == []
