@@ -2,24 +2,34 @@
 equivalence and the benchmark suite, all ingested into the DuckDB metrics store, then the HTML
 regression report.
 
-The report is rendered even when a check fails; the last task (``gate``) then fails the run, so a
-threshold or regression failure shows as a red run in the UI with the report already written to
-``<output_dir>/report.html``.
+**Trigger** opens the parameter form; its defaults run offline on CPU (the tiny random demo models on
+``examples/demo.fa``), so Trigger works as is. On a GPU host turn **Demo models** off and set the
+model fields, ``gpu_slots`` and ``precision``. The report is written to ``<output_dir>/report.html``
+(empty: ``out/nightly/<run id>`` in the repository); its path is the ``report`` task's return value.
 
-Defaults run offline on CPU (the tiny random demo models on ``examples/demo.fa``); on a GPU host set
-``demo`` off, the real models, ``gpu_slots`` and ``precision``. ``make demo`` runs this DAG in-process
-with ``airflow dags test``.
+The report is rendered even when a check fails; the last task (``gate``) then fails the run, so a
+threshold failure, or a slowdown beyond the noise of earlier runs, shows as a red run in the UI with
+the report already written. Slowdowns use one default shared with ``virnucpro report``: the larger of
+3 standard deviations of the earlier runs' spread and a minimum slowdown (20 % on CPU, 5 % on GPU).
+
+Schedule: every day at 02:00 UTC once unpaused. The trigger dialog's "Unpause on trigger" box only
+starts *your* run: the schedule does not run a missed day when unpaused (the first scheduled run is
+the next 02:00 after the first unpause; after a later pause, unpausing runs the latest missed night
+once). Only one run at a time: a run triggered while another is running waits for it.
+
+``make demo`` runs this DAG in-process with ``airflow dags test``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from pipeline.airflow_tasks import gpu_task_kwargs, output_dir_for, production_chain
+from pipeline.airflow_tasks import gpu_task_kwargs, output_dir_for, production_chain, run_step
 from pipeline.core.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
+from pipeline.run.predict import DEMO_DNABERT_MODEL, DEMO_ESM_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_ROOT = REPO / "out" / "nightly"
@@ -32,20 +42,55 @@ PARAMS = {
         title="Reference sample",
         description="FASTA the nightly run classifies.",
     ),
+    # Optional fields accept null: the form leaves an empty optional field out (a plain "string"
+    # would be marked required and block Trigger).
     "output_dir": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         title="Output directory",
         description="Empty = out/nightly/<run id> in the repository.",
     ),
-    "chunk_size": Param(500, type="integer", minimum=3, examples=[300, 500], title="Chunk size (bp)"),
-    "esm_model": Param(DEFAULT_ESM_MODEL, type="string", minLength=1, title="ESM-2 model"),
-    "dnabert_model": Param(DEFAULT_DNABERT_MODEL, type="string", minLength=1, title="DNABERT-S model"),
-    "classifier": Param("random", type="string", minLength=1, title="Classifier"),
+    "chunk_size": Param(
+        500,
+        type="integer",
+        minimum=3,
+        examples=[300, 500],
+        title="Chunk size (bp)",
+        description="300 or 500 for the published classifiers; any length >= 3 is accepted.",
+    ),
+    "esm_model": Param(
+        DEFAULT_ESM_MODEL,
+        type="string",
+        minLength=1,
+        title="ESM-2 model",
+        description=f"fair-esm name, local checkpoint, or random:<fair-esm name>. Ignored while Demo models "
+        f"is on (demo uses {DEMO_ESM_MODEL}).",
+    ),
+    "dnabert_model": Param(
+        DEFAULT_DNABERT_MODEL,
+        type="string",
+        minLength=1,
+        title="DNABERT-S model",
+        description="Hugging Face id or local directory, or random:dnabert-s[-tiny]. Ignored while Demo "
+        f"models is on (demo uses {DEMO_DNABERT_MODEL}).",
+    ),
+    "classifier": Param(
+        "random",
+        type="string",
+        minLength=1,
+        title="Classifier",
+        description="VirNucPro .pth (300_model.pth / 500_model.pth for chunk size 300 / 500), a project "
+        ".safetensors file, or random. Ignored while Demo models is on (demo uses random).",
+    ),
     "precision": Param(
         "auto", enum=["auto", *PRECISIONS], title="Precision", description="auto = fp16 on GPUs, fp32 on CPU."
     ),
-    "attention": Param("auto", enum=list(ATTENTION_BACKENDS), title="Attention backend"),
+    "attention": Param(
+        "auto",
+        enum=list(ATTENTION_BACKENDS),
+        title="Attention backend",
+        description="auto = the fastest correct backend for each model and device; sdpa on CPU.",
+    ),
     "gpu_slots": Param(
         0,
         type="integer",
@@ -53,14 +98,26 @@ PARAMS = {
         title="GPU slots",
         description="Shards, one GPU each; 0 embeds one shard on CPU.",
     ),
-    "resume": Param(False, type="boolean", title="Resume"),
+    "resume": Param(
+        False,
+        type="boolean",
+        title="Resume",
+        description="Reuse finished embedding parts found in the output directory.",
+    ),
     "demo": Param(
         True,
         type="boolean",
         title="Demo models",
-        description="Tiny random models and classifier: offline and CPU-sized.",
+        description=f"On: tiny random models ({DEMO_ESM_MODEL}, {DEMO_DNABERT_MODEL}, random classifier), "
+        "offline and CPU-sized. Off on a GPU host, with the model fields above.",
     ),
-    "validation_sequences": Param(16, type="integer", minimum=1, title="Frames compared v1 vs v2"),
+    "validation_sequences": Param(
+        16,
+        type="integer",
+        minimum=1,
+        title="Frames compared v1 vs v2",
+        description="How many frames the equivalence check embeds with both the reference and the fast path.",
+    ),
     "min_cosine": Param(
         0.999,
         type="number",
@@ -77,19 +134,29 @@ PARAMS = {
         title="Minimum label agreement",
         description="Fraction of frames and chunks whose label v2 must keep.",
     ),
-    "skip_benchmarks": Param(False, type="boolean", title="Skip benchmarks"),
-    "benchmarks_path": Param(str(REPO / "benchmarks"), type="string", title="Benchmarks directory"),
+    "skip_benchmarks": Param(
+        False,
+        type="boolean",
+        title="Skip benchmarks",
+        description="Leave out the pytest-benchmark suite (about a minute on a small CPU machine).",
+    ),
+    "benchmarks_path": Param(
+        str(REPO / "benchmarks"),
+        type="string",
+        title="Benchmarks directory",
+        description="The pytest-benchmark suite to run (the repository's benchmarks/).",
+    ),
     "regression_threshold": Param(
-        0.25,
-        type="number",
+        None,
+        type=["null", "number"],
         minimum=0,
-        title="Slowdown threshold",
-        description="A metric this fraction worse than the previous run fails "
-        "the run (0.25 = 25 %; CPU timings are noisy).",
+        title="Minimum slowdown",
+        description="Empty = the shared default: a slowdown must pass 3 standard deviations of the earlier "
+        "runs' spread and 20 % on CPU / 5 % on GPU. A number (0.10 = 10 %) replaces the 20 % / 5 %.",
     ),
     "baseline_run": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         title="Pinned baseline run id",
         description="Also compare with this run of the metrics store (empty: only the previous run).",
     ),
@@ -97,11 +164,11 @@ PARAMS = {
         True,
         type="boolean",
         title="Fail on regression",
-        description="Off: slowdowns are only reported, not failed (noisy machines).",
+        description="On: a slowdown beyond noise turns the run red (after the report). Off: only reported.",
     ),
     "metrics_db": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         title="Metrics database",
         description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb.",
     ),
@@ -112,13 +179,20 @@ def _run_dir(params, run_id) -> str:
     return output_dir_for(params, run_id, DEFAULT_OUTPUT_ROOT)
 
 
+def _threshold(params) -> float | None:
+    value = params.get("regression_threshold")
+    return None if value is None else float(value)
+
+
+# No start_date and run_immediately=False: unpausing (also from the trigger dialog) schedules nothing
+# before the next 02:00, so a user's triggered run does not queue behind an unrequested one.
 @dag(
     dag_id="virnucpro_nightly",
-    schedule="0 2 * * *",
-    start_date=datetime(2026, 1, 1),
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
     params=PARAMS,
     tags=["virnucpro", "validation"],
+    # Retries are for transient failures; configuration and input errors fail at once (run_step).
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
     doc_md=__doc__,
     max_active_runs=1,
@@ -128,40 +202,38 @@ def virnucpro_nightly() -> None:
     def equivalence(run_dir: str, params=None, run_id=None) -> str:
         from validation.steps import equivalence_step
 
-        return equivalence_step(params, run_dir, f"virnucpro_nightly:{run_id}:validate")
+        return run_step(equivalence_step, params, run_dir, f"virnucpro_nightly:{run_id}:validate")
 
     @task
     def benchmarks(run_dir: str, params=None) -> str | None:
         from validation.steps import benchmark_step
 
-        return benchmark_step(run_dir, params["benchmarks_path"], bool(params["skip_benchmarks"]))
+        return run_step(benchmark_step, run_dir, params["benchmarks_path"], bool(params["skip_benchmarks"]))
 
     @task
     def ingest(run_record: str, equivalence_json: str, benchmark_json: str | None, params=None) -> str:
         from validation.steps import ingest_step
 
-        return ingest_step([run_record, equivalence_json, benchmark_json], params["metrics_db"] or None)
+        paths = [run_record, equivalence_json, benchmark_json]
+        return run_step(ingest_step, paths, params["metrics_db"] or None)
 
     @task
     def regressions(metrics_db: str, run_dir: str, params=None) -> str:
         from validation.steps import regression_step
 
-        return regression_step(
-            metrics_db,
-            float(params["regression_threshold"]),
-            run_dir,
-            baseline=params["baseline_run"] or None,
-        )
+        baseline = params["baseline_run"] or None
+        return run_step(regression_step, metrics_db, _threshold(params), run_dir, baseline=baseline)
 
     # all_done: the report is written whatever failed before it, so a red run still has one.
     @task(trigger_rule="all_done")
     def report(params=None, run_id=None) -> str:
         from validation.steps import report_step
 
-        return report_step(
+        return run_step(
+            report_step,
             params["metrics_db"] or None,
             _run_dir(params, run_id),
-            float(params["regression_threshold"]),
+            _threshold(params),
             baseline=params["baseline_run"] or None,
         )
 
@@ -170,12 +242,14 @@ def virnucpro_nightly() -> None:
     def gate(equivalence_json: str, regressions_json: str, report_html: str, params=None) -> None:
         from validation.steps import gate_step
 
-        gate_step(equivalence_json, regressions_json if params["fail_on_regression"] else None)
+        run_step(gate_step, equivalence_json, regressions_json if params["fail_on_regression"] else None)
 
     run_dir, run_record = production_chain("virnucpro_nightly", DEFAULT_OUTPUT_ROOT)
     equivalence_json = equivalence(run_dir)
     benchmark_json = benchmarks(run_dir)
-    run_record >> benchmark_json  # benchmarks after the production run: they share the CPUs
+    # Benchmarks after the production run and the equivalence check: timings taken while another
+    # task shares the CPUs are noise.
+    [run_record, equivalence_json] >> benchmark_json
     db = ingest(run_record, equivalence_json, benchmark_json)
     regressions_json = regressions(db, run_dir)
     report_html = report()

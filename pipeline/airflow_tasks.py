@@ -15,12 +15,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.core.errors import as_virnucpro_error
+from pipeline.core.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+    ResumeMismatchError,
+    ThresholdFailed,
+    as_virnucpro_error,
+)
 from pipeline.run.steps import GPU_POOL, GPU_QUEUE, gpu_executor_config, resolve_output_dir
 
-__all__ = ["gpu_task_kwargs", "output_dir_for", "production_chain", "run_step"]
+__all__ = ["DETERMINISTIC_ERRORS", "gpu_task_kwargs", "output_dir_for", "production_chain", "run_step"]
 
 T = TypeVar("T")
+
+# Errors that the same parameters and files raise again on every try: retrying them only delays the
+# red task (by retries x retry_delay). Everything else (a lost worker, CUDA out of memory, an
+# interrupted part, a file-system error) keeps the task's retries.
+DETERMINISTIC_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    InputError,
+    ModelLoadError,
+    BackendUnavailableError,
+    ResumeMismatchError,
+    ThresholdFailed,
+)
 
 
 def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -28,13 +48,19 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     An operating-system error leaves as a one-line `FileSystemError` naming the path, raised without
     its chain so the task log shows the message, not a library traceback; typed errors pass through.
+    A deterministic error (`DETERMINISTIC_ERRORS`: configuration, input, model, threshold) becomes
+    Airflow's fail-now exception, so the task fails at once instead of using its retries.
     """
     try:
         return step(*args, **kwargs)
     except Exception as exc:
         error = as_virnucpro_error(exc)
-        if error is None or error is exc:
+        if error is None or (error is exc and not isinstance(error, DETERMINISTIC_ERRORS)):
             raise
+    if isinstance(error, DETERMINISTIC_ERRORS):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(error).__name__}: {error}") from None
     raise error from None
 
 

@@ -32,27 +32,116 @@ def _short(label: str, width: int = 48) -> str:
     return short.replace("$", r"\$")  # a model or run name, not a mathtext formula
 
 
-def throughput_over_time(df) -> str:
-    """``df``: columns started_at, series (model @ device), tokens_per_s; one line per series."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    for i, (series, part) in enumerate(df.sort_values("started_at").groupby("series", sort=True)):
-        ax.plot(
-            part["started_at"],
-            part["tokens_per_s"],
-            marker="o",
-            color=_COLORS[i % len(_COLORS)],
-            label=_short(series),
-        )
-    ax.set_ylabel("tokens / s")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+def _time_axis(ax, times) -> None:
+    """Concise date ticks; a single point in time gets a one-day window instead of a years-wide axis."""
+    from datetime import timedelta
+
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-    locator = AutoDateLocator(maxticks=8)
+    times = [t for t in times if t is not None]
+    if times:
+        lo, hi = min(times), max(times)
+        pad = max((hi - lo) * 0.05, timedelta(hours=12))
+        ax.set_xlim(lo - pad, hi + pad)
+    locator = AutoDateLocator(minticks=3, maxticks=7)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def _legend_outside(ax, n: int) -> None:
+    """The legend right of the plot, never over the data."""
+    if n:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _panels(n: int, height: float = 2.1, width: float = 9.0):
+    fig = _figure(width, height * n + 0.3)
+    fig.subplots_adjust(hspace=0.55)
+    return fig, [fig.add_subplot(n, 1, k + 1) for k in range(n)]
+
+
+def throughput_panels(df, max_panels: int = 8) -> str:
+    """``df``: columns panel (a model or metric), series (precision, backend and device), started_at,
+    value; one panel per model or metric (at most ``max_panels``), one line per series, legends
+    outside the plots."""
+    panels = sorted(df["panel"].unique())[:max_panels]
+    fig, axes = _panels(len(panels))
+    for ax, panel in zip(axes, panels, strict=True):
+        part = df[df["panel"] == panel].sort_values("started_at")
+        groups = list(part.groupby("series", sort=True))
+        for i, (series, rows) in enumerate(groups):
+            ax.plot(
+                rows["started_at"],
+                rows["value"],
+                marker="o",
+                markersize=4,
+                color=_COLORS[i % len(_COLORS)],
+                label=_short(series, 40),
+            )
+        ax.set_title(_short(panel, 90), fontsize=9, loc="left")
+        ax.set_ylabel(part["unit"].iloc[0] if "unit" in part and len(part) else "tokens / s", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        _time_axis(ax, part["started_at"].tolist())
+        _legend_outside(ax, len(groups))
+    return _to_data_uri(fig)
+
+
+def benchmark_trends(df, max_panels: int = 8) -> str:
+    """``df``: columns group, name, started_at, median (seconds) of CPU pytest-benchmark runs; one
+    panel per group, one trend line per benchmark across runs (log scale: benchmarks differ by orders
+    of magnitude), legends outside."""
+    groups = sorted(df["group"].unique())[:max_panels]
+    fig, axes = _panels(len(groups), height=2.0)
+    for ax, group in zip(axes, groups, strict=True):
+        part = df[df["group"] == group].sort_values("started_at")
+        lines = list(part.groupby("name", sort=True))
+        for i, (name, rows) in enumerate(lines):
+            ax.plot(
+                rows["started_at"],
+                rows["median"] * 1e3,
+                marker="o",
+                markersize=3,
+                color=_COLORS[i % len(_COLORS)],
+                label=_short(name, 40),
+            )
+        ax.set_title(f"group {group}", fontsize=9, loc="left")
+        ax.set_ylabel("median ms", fontsize=8)
+        values = part["median"][part["median"] > 0]
+        if len(values) and values.max() / values.min() > 20:  # benchmarks of very different sizes
+            from matplotlib.ticker import LogFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        _time_axis(ax, part["started_at"].tolist())
+        _legend_outside(ax, len(lines))
+    return _to_data_uri(fig)
+
+
+def e2e_stage_bars(runs: list[dict]) -> str:
+    """``runs``: dicts with label and stages ({stage: seconds}); one stacked horizontal bar of wall time
+    by stage per end-to-end run, the legend outside."""
+    fig = _figure(8.0, 0.8 + 0.45 * max(len(runs), 2))
+    ax = fig.add_subplot()
+    stages = list(dict.fromkeys(s for r in runs for s in r["stages"]))
+    labels = [r["label"] for r in runs]
+    left = [0.0] * len(runs)
+    for i, stage in enumerate(stages):
+        widths = [float(r["stages"].get(stage) or 0.0) for r in runs]
+        ax.barh(labels, widths, left=left, color=_COLORS[i % len(_COLORS)], label=stage)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for y, r in enumerate(runs):
+        if r.get("wall_s"):
+            ax.text(
+                max(left[y], float(r["wall_s"])), y, f" {float(r['wall_s']):.1f} s", va="center", fontsize=8
+            )
+    ax.set_xlabel("seconds (wall time by stage)")
+    ax.set_xlim(0, max([*left, *(float(r.get("wall_s") or 0) for r in runs), 1.0]) * 1.2)
+    ax.invert_yaxis()
+    _legend_outside(ax, len(stages))
     return _to_data_uri(fig)
 
 
@@ -72,7 +161,7 @@ def scaling_curve(df) -> str:
     ax.set_xticks(sorted(set(df["n_gpus"].tolist())))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_outside(ax, 2 * df["model"].nunique())
     return _to_data_uri(fig)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +42,42 @@ def _fmt_cos(value: Any) -> str:
     return "–" if value is None else f"{value:.7f}"
 
 
+def _fmt_frac(value: Any) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
 def _fmt_pct(value: Any) -> str:
     return "–" if value is None else f"{value:+.1%}" if value < 0 or value > 0 else "0.0%"
 
 
 def _section_throughput(store) -> dict[str, Any]:
-    # pipeline runs (per embedding stage) and the GPU scripts' tokens/s figures, one series each
+    # One panel per model (pipeline runs' embedding stages) or per GPU script and model; one line per
+    # precision/backend/device (pipeline) or metric/device (scripts). End-to-end runs have their own
+    # section.
     df = store.query("""
-        SELECT r.started_at, coalesce(s.model, s.stage) || ' [' || coalesce(s.precision, '-') || '] @ '
-                   || coalesce(r.device_name, s.device, '?') AS series, avg(s.tokens_per_s) AS tokens_per_s
+        SELECT r.started_at, coalesce(s.model, s.stage) AS panel,
+               coalesce(s.precision, '-') || ', ' || coalesce(s.backend, '-') || ' @ '
+                   || coalesce(r.device_name, s.device, '?') AS series,
+               'tokens/s' AS unit, avg(s.tokens_per_s) AS value
         FROM stage_metrics s JOIN runs r USING (run_id)
         WHERE s.tokens_per_s IS NOT NULL AND r.started_at IS NOT NULL GROUP BY ALL
         UNION ALL
         SELECT r.started_at,
-                   d.benchmark || coalesce(' ' || json_extract_string(r.config, '$.model'), '') || ' '
-                   || d.metric || ' @ ' || coalesce(r.device_name, '?') AS series,
-               avg(d.value) AS tokens_per_s
+               d.benchmark || coalesce(' ' || json_extract_string(r.config, '$.model'), '') AS panel,
+               d.metric || ' @ ' || coalesce(r.device_name, '?') AS series, 'tokens/s' AS unit,
+               avg(d.value) AS value
         FROM device_benchmarks d JOIN runs r USING (run_id)
-        WHERE d.metric LIKE '%tokens_per_s%' AND d.value IS NOT NULL AND r.started_at IS NOT NULL GROUP BY ALL
+        WHERE d.metric LIKE '%tokens_per_s%' AND d.metric NOT LIKE 'runs[%' AND d.value IS NOT NULL
+              AND r.started_at IS NOT NULL GROUP BY ALL
         ORDER BY 1""")
     if df.empty:
-        return {"img": None, "rows": []}
+        return {"img": None, "rows": [], "panels": 0}
     from validation import plots
 
-    latest = df.sort_values("started_at").groupby("series").tail(1)
-    return {"img": plots.throughput_over_time(df), "rows": _records(latest)}
+    latest = (
+        df.sort_values("started_at").groupby(["panel", "series"]).tail(1).sort_values(["panel", "series"])
+    )
+    return {"img": plots.throughput_panels(df), "rows": _records(latest), "panels": df["panel"].nunique()}
 
 
 def _section_scaling(store) -> dict[str, Any]:
@@ -99,6 +111,7 @@ def _section_equivalence(store) -> dict[str, Any]:
     )
     config = store.query("SELECT config FROM runs WHERE run_id = ?", [run_id])["config"].iloc[0]
     thresholds = (json.loads(config) or {}).get("thresholds") or {} if config else {}
+    thresholds = {k: v for k, v in thresholds.items() if v is not None}  # unset thresholds are not checked
     cos = store.query(
         "SELECT comparison, model, precision, backend, list(cosine ORDER BY idx) AS c "
         "FROM cosine_values WHERE run_id = ? GROUP BY ALL ORDER BY ALL",
@@ -159,6 +172,12 @@ def _section_stages(store) -> dict[str, Any]:
     return {"img": plots.stage_breakdown(df), "rows": _records(df), "run_id": rid, "total": total}
 
 
+def _module(fullname: str | None) -> str:
+    """``benchmarks/bench_esm2.py::test_packed[x]`` -> ``bench_esm2``."""
+    path = str(fullname or "").split("::", 1)[0]
+    return Path(path).stem if path.endswith(".py") else path
+
+
 def _section_benchmarks(store) -> dict[str, Any]:
     rid = _latest_run_with(store, "benchmark_results")
     rows = (
@@ -166,13 +185,14 @@ def _section_benchmarks(store) -> dict[str, Any]:
         if rid is None
         else _records(
             store.query(
-                'SELECT name, "group", min, median, mean, stddev, rounds FROM benchmark_results '
-                "WHERE run_id = ? "
-                'ORDER BY "group", name',
+                'SELECT "group", fullname, name, min, median, mean, stddev, rounds FROM benchmark_results '
+                'WHERE run_id = ? ORDER BY "group" NULLS LAST, fullname',
                 [rid],
             )
         )
     )
+    for row in rows:
+        row["module"] = _module(row["fullname"])
     dev_rid = _latest_run_with(store, "device_benchmarks")
     dev = (
         []
@@ -184,7 +204,93 @@ def _section_benchmarks(store) -> dict[str, Any]:
             )
         )
     )
-    return {"run_id": rid, "rows": rows, "device_run_id": dev_rid, "device_rows": dev}
+    # CPU runs only: GPU hosts differ too much between runs to draw one line through them.
+    trend = store.query("""
+        SELECT r.started_at, coalesce(b."group", '(none)') AS "group", b.fullname, b.median
+        FROM benchmark_results b JOIN runs r USING (run_id)
+        WHERE b.median IS NOT NULL AND r.started_at IS NOT NULL AND coalesce(r.device_count, 0) = 0
+        ORDER BY 1""")
+    img = None
+    n_trend_runs = 0
+    if not trend.empty:
+        from validation import plots
+
+        trend["name"] = [f"{_module(f)}::{f.split('::', 1)[-1]}" for f in trend["fullname"]]
+        img = plots.benchmark_trends(trend)
+        n_trend_runs = int(trend["started_at"].nunique())
+    return {
+        "run_id": rid,
+        "rows": rows,
+        "device_run_id": dev_rid,
+        "device_rows": dev,
+        "trend_img": img,
+        "trend_runs": n_trend_runs,
+    }
+
+
+_E2E_METRIC = re.compile(r"^runs\[(?P<label>[^\]]+)\]\.(?P<field>.+)$")
+
+
+def _e2e_runs(rows) -> list[dict[str, Any]]:
+    """End-to-end runs from the flattened metrics of one device-benchmark run (``runs[<label>].<field>``
+    rows, see docs/validation.md for the schema): label, gpus, cache, wall_s, stages, tokens_per_s,
+    gpu_busy, finish_spread."""
+    runs: dict[str, dict[str, Any]] = {}
+    for metric, value in rows:
+        m = _E2E_METRIC.match(metric)
+        if not m:
+            continue
+        run = runs.setdefault(m["label"], {"key": m["label"], "stages": {}, "tokens_per_s": {}})
+        field = m["field"]
+        if field.startswith("stages."):
+            run["stages"][field.split(".", 1)[1]] = value
+        elif field.startswith("tokens_per_s."):
+            run["tokens_per_s"][field.split(".", 1)[1]] = value
+        else:
+            run[field] = value
+    out = []
+    for run in runs.values():
+        key = run["key"].lower()
+        run["cache"] = "cold" if "cold" in key else "warm" if "warm" in key else None
+        gpus = run.get("gpus") or run.get("n_gpus")
+        run["gpus"] = int(gpus) if gpus is not None else None
+        run["label"] = f"{run['gpus'] or '?'} GPU{'s' if (run['gpus'] or 0) != 1 else ''}" + (
+            f", {run['cache']} cache" if run["cache"] else ""
+        )
+        out.append(run)
+    out.sort(key=lambda r: (r["cache"] or "", r["gpus"] or 0))
+    for run in out:  # scaling ratio: the 1-GPU wall time of the same cache state over this one's
+        one = next(
+            (o for o in out if o["cache"] == run["cache"] and o["gpus"] == 1 and o.get("wall_s")), None
+        )
+        run["speedup"] = one["wall_s"] / run["wall_s"] if one and run.get("wall_s") else None
+        run["efficiency"] = run["speedup"] / run["gpus"] if run["speedup"] and run["gpus"] else None
+    return out
+
+
+def _section_e2e(store) -> dict[str, Any]:
+    rid = store.query(r"""
+        SELECT r.run_id FROM runs r JOIN device_benchmarks d USING (run_id)
+        WHERE d.metric LIKE 'runs[%].wall\_s' ESCAPE '\'
+        ORDER BY r.started_at DESC NULLS LAST, r.run_id DESC LIMIT 1""")
+    if rid.empty:
+        return {"run_id": None, "runs": [], "img": None}
+    run_id = str(rid["run_id"].iloc[0])
+    rows = store.query(
+        "SELECT metric, value FROM device_benchmarks WHERE run_id = ? ORDER BY metric", [run_id]
+    )
+    runs = _e2e_runs(zip(rows["metric"], rows["value"], strict=True))
+    img = None
+    if any(r["stages"] for r in runs):
+        from validation import plots
+
+        img = plots.e2e_stage_bars(runs)
+    return {
+        "run_id": run_id,
+        "runs": runs,
+        "img": img,
+        "models": sorted({m for r in runs for m in r["tokens_per_s"]}),
+    }
 
 
 def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
@@ -199,15 +305,24 @@ def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "img": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
 
+def _latest_pipeline_run(store):
+    """The latest production run (run records), not the latest benchmark or validation run."""
+    df = store.query(
+        "SELECT run_id, kind, source, started_at, git_commit, host, device_name, device_count "
+        "FROM runs WHERE source = 'run' ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1"
+    )
+    return _records(df)[0] if not df.empty else None
+
+
 def collect(
     db_path: str | Path,
     baseline: str | None = None,
-    slowdown_threshold: float = 0.10,
+    slowdown_threshold: float | None = None,
     run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, as plain Python data (figures as data URIs)."""
     from validation.metrics_store import SCHEMA_VERSION, MetricsStore
-    from validation.regression import check_regressions
+    from validation.regression import DEFAULT_POLICY, check_regressions, describe_change, regressed_names
 
     store = MetricsStore(db_path)
     runs = store.query(
@@ -215,24 +330,29 @@ def collect(
         "FROM runs ORDER BY started_at DESC NULLS LAST, run_id DESC"
     )
     regressions = check_regressions(db_path, slowdown_threshold, baseline=baseline)
+    for row in regressions:
+        row["change"] = describe_change(row["slowdown"], row["higher_is_better"])
     equivalence = _section_equivalence(store)
     return {
         "db_path": str(db_path),
         "schema_version": SCHEMA_VERSION,
-        "threshold": slowdown_threshold,
+        "policy": DEFAULT_POLICY.with_threshold(slowdown_threshold).describe(),
         "baseline": baseline,
         "runs": _records(runs.head(30)),
         "n_runs": len(runs),
-        "latest": _records(runs.head(1))[0] if not runs.empty else None,
+        "latest": _latest_pipeline_run(store),
+        "latest_any": _records(runs.head(1))[0] if not runs.empty else None,
         "equivalence": equivalence,
         "throughput": _section_throughput(store),
         "scaling": _section_scaling(store),
+        "e2e": _section_e2e(store),
         "packing": _section_packing(store),
         "stages": _section_stages(store),
         "records": _section_records(run_dir),
         "benchmarks": _section_benchmarks(store),
         "regressions": regressions,
         "n_regressed": sum(1 for r in regressions if r["regressed"]),
+        "regressed_names": regressed_names(regressions),
     }
 
 
@@ -246,7 +366,7 @@ def render_html(data: dict[str, Any]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_fmt_num, cos=_fmt_cos, pct=_fmt_pct)
+    env.filters.update(num=_fmt_num, cos=_fmt_cos, pct=_fmt_pct, frac=_fmt_frac)
     from pipeline.core.runinfo import utc_now
 
     return env.get_template(TEMPLATE_NAME).render(generated_at=utc_now(), **data)
@@ -256,7 +376,7 @@ def render_report(
     db_path: str | Path,
     out_html: str | Path,
     baseline: str | None = None,
-    slowdown_threshold: float = 0.10,
+    slowdown_threshold: float | None = None,
     run_dir: str | Path | None = None,
 ) -> Path:
     """Write the HTML report for the metrics store at ``db_path`` to ``out_html`` (atomically).
@@ -265,7 +385,8 @@ def render_report(
         db_path: DuckDB metrics store (created empty if missing: the report then says "no data yet").
         out_html: output file.
         baseline: a run id to compare the latest runs against, next to the previous run.
-        slowdown_threshold: slowdowns above this fraction are flagged.
+        slowdown_threshold: a minimum slowdown (fraction) for CPU and GPU runs instead of the shared
+            default (`validation.regression.DEFAULT_POLICY`); slowdowns within noise are never flagged.
         run_dir: a finished predict output directory whose per-record score plot to include.
     Returns:
         ``out_html`` as a Path.
@@ -281,3 +402,41 @@ def render_report(
     atomic_write_text(out, html)
     log.info("wrote report %s (%d bytes)", out, len(html))
     return out
+
+
+def verdict_line(run_dir: str | Path) -> str:
+    """One line for a terminal about a nightly run directory: equivalence pass/fail and the
+    regressions beyond noise by name (from ``validation/equivalence.json`` and
+    ``validation/regressions.json``)."""
+    validation = Path(run_dir) / "validation"
+    parts = []
+    eq_path = validation / "equivalence.json"
+    if eq_path.is_file():
+        doc = json.loads(eq_path.read_text())
+        results = doc.get("results", []) if isinstance(doc, dict) else doc
+        failed = [r for r in results if r.get("passed") is False]
+        if failed or (isinstance(doc, dict) and doc.get("passed") is False):
+            names = ", ".join(
+                f"{r.get('model')} {r.get('comparison')} {r.get('precision')}" for r in failed[:3]
+            )
+            parts.append(f"equivalence FAIL ({len(failed)} of {len(results)}: {names})")
+        else:
+            parts.append(f"equivalence PASS ({len(results)} comparisons)")
+    else:
+        parts.append("equivalence not run")
+    reg_path = validation / "regressions.json"
+    if reg_path.is_file():
+        from validation.regression import regressed_names
+
+        rows = json.loads(reg_path.read_text())
+        names = regressed_names(rows)
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            parts.append(f"{len(names)} regression{'s' if len(names) != 1 else ''} beyond noise: {shown}")
+        elif rows:
+            parts.append(f"no regression beyond noise ({len(rows)} metrics compared)")
+        else:
+            parts.append("no earlier run to compare with")
+    else:
+        parts.append("regressions not checked")
+    return "; ".join(parts)

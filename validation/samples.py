@@ -248,6 +248,33 @@ def device_benchmark_doc(day: int = 20) -> dict[str, Any]:
     }
 
 
+def e2e_doc(day: int = 20) -> dict[str, Any]:
+    """An end-to-end JSON (``benchmarks/gpu/e2e_device.py``'s schema, docs/validation.md): whole predict
+    runs on 1 and 2 GPUs, cold and warm compile cache, with wall time by stage."""
+    runs = []
+    for cache, gpus, wall in (("cold", 1, 285.0), ("cold", 2, 179.0), ("warm", 1, 250.0), ("warm", 2, 150.0)):
+        embed = wall - 40.0
+        runs.append(
+            {
+                "name": f"{cache}-{gpus}gpu",
+                "gpus": gpus,
+                "cache": cache,
+                "wall_s": wall,
+                "stages": {"prepare": 20.0, "embed": embed, "classify": 12.0, "merge": 8.0},
+                "tokens_per_s": {"esm2_t36_3B_UR50D": 67000.0 * gpus * 0.9, "DNABERT-S": 200000.0 * gpus},
+                "gpu_busy": 0.8,
+                "finish_spread": 3.0 * gpus,
+            }
+        )
+    return {
+        "benchmark": "e2e",
+        "kind": "e2e",
+        "run_id": f"e2e-sample-{day:02d}",
+        "environment": _env(day, count=2),
+        "runs": runs,
+    }
+
+
 def write_samples(out_dir: str | Path, days: tuple[int, ...] = (18, 19, 20)) -> list[Path]:
     """Write one file of each kind per day into ``out_dir``; the last day's ESM-2 run is slower, so a
     report shows a flagged regression. Returns the paths written."""

@@ -114,11 +114,12 @@ def ingest_step(paths: Sequence[str | Path | None], metrics_db: str | Path | Non
 
 
 def regression_step(
-    metrics_db: str | Path | None, threshold: float, run_dir: str | Path, baseline: str | None = None
+    metrics_db: str | Path | None, threshold: float | None, run_dir: str | Path, baseline: str | None = None
 ) -> str:
     """Compare the latest runs in the store with the runs before them (and with the pinned
     ``baseline`` run, when given); writes every comparison to ``OUT/validation/regressions.json``
-    (``regressed`` marks the failures) and returns that path."""
+    (``regressed`` marks the slowdowns beyond noise) and returns that path. ``threshold`` None is
+    the shared default (`validation.regression.DEFAULT_POLICY`)."""
     from validation.regression import check_regressions
 
     layout = RunLayout(Path(run_dir))
@@ -129,7 +130,10 @@ def regression_step(
 
 
 def report_step(
-    metrics_db: str | Path | None, run_dir: str | Path, threshold: float = 0.10, baseline: str | None = None
+    metrics_db: str | Path | None,
+    run_dir: str | Path,
+    threshold: float | None = None,
+    baseline: str | None = None,
 ) -> str:
     """Render the self-contained HTML report of the metrics store to ``OUT/report.html``."""
     from validation.report import render_report

@@ -111,12 +111,83 @@ def test_bad_params_are_rejected(dagbag, airflow_db, tmp_path, bad):
     assert not (tmp_path / "x.fa").exists()
 
 
-def test_required_input_is_enforced(dagbag, airflow_db):
+def test_empty_input_is_refused(dagbag, airflow_db):
     from airflow.sdk.exceptions import ParamValidationError
 
     dag = dagbag.dags["virnucpro_predict"]
     with pytest.raises(ParamValidationError):
-        dag.test(run_conf={"demo": True})
+        dag.test(run_conf={"input_path": ""})
+
+
+@pytest.mark.parametrize("dag_id", ["virnucpro_predict", "virnucpro_nightly"])
+def test_form_defaults_are_valid_and_every_param_is_described(dagbag, dag_id):
+    # What the UI's trigger form submits untouched: every default, the optional fields empty (null).
+    dag = dagbag.dags[dag_id]
+    defaults = {name: param.value for name, param in dag.params.items()}
+    dag.params.validate()  # raises ParamValidationError on a default the form would refuse
+    assert defaults["demo"] is True and defaults["gpu_slots"] == 0  # CPU demo run by default
+    assert Path(defaults["input_path"]).is_file()
+    for name, param in dag.params.items():
+        schema = param.schema
+        assert schema.get("title") and param.description, f"{dag_id}.{name} is not described"
+        if param.value is None:  # optional: the form must accept leaving it empty
+            assert "null" in schema["type"], f"{dag_id}.{name} defaults to null but its type refuses it"
+    for name in ("esm_model", "dnabert_model", "classifier"):
+        assert "demo uses" in dag.params.get_param(name).description
+    for name in ("output_dir", "metrics_db"):
+        assert defaults[name] is None
+
+
+def test_nightly_unpause_schedules_nothing_before_the_next_night(dagbag):
+    from datetime import UTC, datetime
+
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    dag = dagbag.dags["virnucpro_nightly"]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    timetable = decode_timetable(encode_timetable(dag.timetable))  # the scheduler's view of it
+    # A first unpause (no run yet): the first scheduled run is in the future, not "the last 02:00".
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False),
+    )
+    assert info is not None and info.run_after > datetime.now(UTC)
+    assert (info.run_after.hour, info.run_after.minute) == (2, 0)
+
+
+def test_deterministic_errors_fail_now_others_keep_their_retries():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline.airflow_tasks import run_step
+    from pipeline.core.errors import ConfigError, FileSystemError, VirNucProError, WorkerFailedError
+
+    def fails(exc):
+        raise exc
+
+    with pytest.raises(AirflowFailException, match="ConfigError: gpu_slots"):
+        run_step(fails, ConfigError("gpu_slots=2 but this worker sees no CUDA device"))
+    for transient, seen in (
+        (WorkerFailedError("worker died"), WorkerFailedError),
+        (MemoryError(), VirNucProError),
+        (OSError(28, "No space left on device", "/out/x"), FileSystemError),
+        (RuntimeError("CUDA error: an illegal memory access"), RuntimeError),
+    ):
+        with pytest.raises(seen) as info:
+            run_step(fails, transient)
+        assert not isinstance(info.value, AirflowFailException)
+
+
+@pytest.mark.slow
+def test_a_configuration_error_fails_its_task_without_retries(dagbag, airflow_db, tmp_path):
+    dag = dagbag.dags["virnucpro_predict"]
+    conf = demo_conf(tmp_path / "missing.fa", tmp_path / "run", tmp_path / "m.duckdb")
+    run = dag.test(run_conf=conf)
+    assert str(getattr(run.state, "value", run.state)) == "failed"
+    prepare = next(ti for ti in run.get_task_instances() if ti.task_id == "prepare")
+    assert str(getattr(prepare.state, "value", prepare.state)) == "failed"
+    assert prepare.try_number == 1 and prepare.max_tries >= 1  # it had retries and did not use them
 
 
 def _run_state(dag, conf):
@@ -334,7 +405,7 @@ def test_nightly_regression_step_compares_with_a_pinned_baseline(tmp_path):
     db = tmp_path / "m.duckdb"
     MetricsStore(db).ingest_files(samples.write_samples(tmp_path / "in"))
     rows = json.loads(
-        Path(regression_step(db, 0.10, tmp_path / "run", baseline="20261118T020000Z-sample18")).read_text()
+        Path(regression_step(db, None, tmp_path / "run", baseline="20261118T020000Z-sample18")).read_text()
     )
     assert {r["reference"] for r in rows} == {"previous", "baseline"}
     assert any(r["regressed"] and r["reference"] == "baseline" for r in rows)
