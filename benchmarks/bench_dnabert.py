@@ -15,6 +15,7 @@ import torch
 from pipeline.core.config import EncoderConfig
 from pipeline.models.dnabert_s import load_dnabert_s
 from pipeline.models.dnabert_s.model import masked_mean, pad_batch, padded_reference_forward
+from pipeline.models.packing import pack
 
 N_SEQUENCES = 48
 
@@ -33,12 +34,11 @@ def setup():
 def test_packed_forward(benchmark, setup):
     model, encoded = setup
     lengths = [e.size for e in encoded]
-    ids = torch.from_numpy(np.concatenate(encoded))
-    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    ids, cu, max_seqlen = pack(encoded)
 
     def run():
         with torch.inference_mode():
-            return model.embed_packed(ids, cu, max(lengths))
+            return model.embed_packed(ids, cu, max_seqlen)
 
     out = benchmark(run)
     benchmark.extra_info.update(

@@ -15,6 +15,7 @@ import torch
 from pipeline.core.config import EncoderConfig
 from pipeline.embed.planning import plan_batches
 from pipeline.models.esm2 import load_esm2
+from pipeline.models.packing import pack
 
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 _RESULTS: dict[str, float] = {}
@@ -34,15 +35,8 @@ def setup(bench_size, bench_device):
     tokens = np.array([t.size for t in ids])
     packed = []
     for idx in plan_batches(tokens, budget):
-        cu = torch.zeros(len(idx) + 1, dtype=torch.int32)
-        cu[1:] = torch.from_numpy(np.cumsum(tokens[idx])).to(torch.int32)
-        packed.append(
-            (
-                torch.from_numpy(np.concatenate([ids[i] for i in idx])).to(bench_device),
-                cu,
-                int(tokens[idx].max()),
-            )
-        )
+        input_ids, cu, max_seqlen = pack([ids[i] for i in idx])
+        packed.append((input_ids.to(bench_device), cu, max_seqlen))
     order = np.argsort(tokens, kind="stable")
     padded, start = [], 0
     while start < n:  # fair-esm's toks_per_batch rule: rows x longest <= budget

@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.core.config import is_random_classifier
 from pipeline.core.errors import ConfigError, ThresholdFailed
+from validation.metrics import cosine_stats, per_sequence_cosine
 
 log = logging.getLogger(__name__)
 
@@ -171,38 +172,7 @@ def synthetic_frames(n: int, chunk_size: int = 300, seed: int = 0) -> FrameSet:
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics (pure numpy: easy to test against hand-made vectors)
-
-
-def compare_embeddings(candidate: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
-    """Per-sequence agreement of two ``(N, D)`` float arrays (rows = sequences).
-
-    Returns ``cosines`` (``(N,) float64``), ``cos_min``, ``cos_p001`` (0.1th percentile),
-    ``cos_mean``, ``rel_l2_max`` (max over rows of ``|a - b| / |b|``) and ``max_abs``.
-    """
-    a = np.asarray(candidate, dtype=np.float64)
-    b = np.asarray(baseline, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ConfigError(f"embedding shapes differ or are not 2-D: {a.shape} vs {b.shape}")
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    # Two zero vectors are identical; one zero vector against a non-zero one shares nothing.
-    denom = na * nb
-    dot = np.einsum("nd,nd->n", a, b)
-    cos = np.where(
-        denom > 0, dot / np.where(denom > 0, denom, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0)
-    )
-    cos = np.clip(cos, -1.0, 1.0)
-    diff = np.linalg.norm(a - b, axis=1)
-    rel = np.where(nb > 0, diff / np.where(nb > 0, nb, 1.0), np.where(diff > 0, np.inf, 0.0))
-    return {
-        "cosines": cos,
-        "cos_min": float(cos.min()),
-        "cos_p001": float(np.quantile(cos, 0.001)),
-        "cos_mean": float(cos.mean()),
-        "rel_l2_max": float(rel.max()),
-        "max_abs": float(np.abs(a - b).max()) if a.size else 0.0,
-    }
+# labels and pass criteria (the embedding statistics are validation.metrics)
 
 
 def frame_labels(probs: np.ndarray) -> np.ndarray:
@@ -267,6 +237,7 @@ def _packed_embeddings(
     import torch
 
     from pipeline.embed.planning import choose_token_budget, packing_efficiency, plan_batches
+    from pipeline.models.packing import pack
 
     tokens = [np.asarray(encoder.tokenizer.encode(s), dtype=np.int64) for s in sequences]
     lengths = np.array([t.size for t in tokens])
@@ -284,10 +255,8 @@ def _packed_embeddings(
     out = np.zeros((len(sequences), encoder.info.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for rows in plan:
-            ids = torch.from_numpy(np.concatenate([tokens[r] for r in rows])).to(device)
-            cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
-            cu[1:] = torch.from_numpy(np.cumsum(lengths[rows])).to(torch.int32)
-            pooled = encoder.embed_packed(ids, cu.to(device), int(lengths[rows].max()))
+            ids, cu, max_seqlen = pack([tokens[r] for r in rows])
+            pooled = encoder.embed_packed(ids.to(device), cu.to(device), max_seqlen)
             out[np.asarray(rows)] = pooled.float().cpu().numpy()
     return out, {
         "batches": len(plan),
@@ -315,9 +284,10 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     """Run every comparison of ``config`` and return one dict per row.
 
     Row keys: comparison, model (the specifier, or ``dnabert-s+esm2``), kind, precision, backend
-    (resolved), baseline (what it was compared with), n, cos_min, cos_p001, cos_mean, rel_l2_max,
-    max_abs, label_agreement, chunk_label_agreement, passed, seconds, packing_efficiency, and
-    ``cosines`` (per sequence, when ``config.keep_cosines``).
+    (resolved), baseline (what it was compared with), the `validation.metrics.STAT_KEYS` (n, cos_min,
+    cos_p001, cos_mean, rel_l2_max, rel_l2_mean, max_abs, nonfinite), label_agreement,
+    chunk_label_agreement, passed, seconds, packing_efficiency, and ``cosines`` (per sequence, when
+    ``config.keep_cosines``).
     """
     import torch
 
@@ -394,7 +364,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         swapped = [k for k in _KINDS if cand_parts[k] is not base_parts[k]]
         cand = np.concatenate([cand_parts[k] for k in swapped], axis=1)
         base = np.concatenate([base_parts[k] for k in swapped], axis=1)
-        metrics = compare_embeddings(cand, base)
+        metrics = cosine_stats(cand, base)
         base_probs = ref_probs if all(base_parts[k] is reference[k] for k in _KINDS) else probs(base_parts)
         frame_agree, chunk_agree = label_agreement(frames.ids, probs(cand_parts), base_probs)
         row: dict[str, Any] = {
@@ -404,8 +374,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
             "precision": precision,
             "backend": backend,
             "baseline": baseline_name,
-            "n": len(frames.ids),
-            **{k: v for k, v in metrics.items() if k != "cosines"},
+            **metrics,
             "label_agreement": frame_agree,
             "chunk_label_agreement": chunk_agree,
             "n_chunks": len({i[:-2] for i in frames.ids}),
@@ -414,7 +383,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         row["label_enforced"] = enforce_labels
         row["passed"] = passes(row, config.thresholds, enforce_labels=enforce_labels)
         if config.keep_cosines:
-            row["cosines"] = [float(c) for c in metrics["cosines"]]
+            row["cosines"] = [float(c) for c in per_sequence_cosine(cand, base)]
         rows.append(row)
 
     for kind in _KINDS:
@@ -547,7 +516,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "backend",
         "n",
         "cos_min",
-        "cos_p0.1",
+        "cos_p001",
         "cos_mean",
         "rel_l2",
         "max_abs",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
+from validation.metrics import LEGACY_KEYS
 
 RUN_SCHEMA = "virnucpro.run/1"
 VALIDATE_SCHEMA = "virnucpro.validate/1"
@@ -137,6 +138,15 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             metric VARCHAR NOT NULL,
             value DOUBLE,
             PRIMARY KEY (run_id, benchmark, metric))""",
+        ),
+    ),
+    (
+        2,
+        "device benchmark metric cos_p0.1 renamed cos_p001 (validation.metrics.STAT_KEYS)",
+        (
+            r"""UPDATE device_benchmarks
+            SET metric = regexp_replace(metric, '(^|\.)cos_p0\.1$', '\1cos_p001')
+            WHERE regexp_matches(metric, '(^|\.)cos_p0\.1$')""",
         ),
     ),
 )
@@ -273,6 +283,7 @@ def _flatten_metrics(value: Any, prefix: str = "", depth: int = 0) -> Iterator[t
         return
     if isinstance(value, dict):
         for key, sub in value.items():
+            key = LEGACY_KEYS.get(key, key)  # GPU-script files written before one key set
             yield from _flatten_metrics(sub, f"{prefix}.{key}" if prefix else str(key), depth + 1)
     elif isinstance(value, list):
         seen: set[str] = set()

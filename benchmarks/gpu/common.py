@@ -50,20 +50,18 @@ def padded_plan(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def packed_batches(
+def preload_packed(
     token_ids: list[np.ndarray], plan: list[list[int]], device, cu_on_device: bool = True
 ) -> list[tuple]:
-    """One ``(input_ids (T,) int64 on device, cu_seqlens (B+1,) int32, max_seqlen, indices)`` per
-    batch of ``plan``; ``cu_seqlens`` stays on the CPU when ``cu_on_device`` is false."""
-    import torch
+    """Every batch of ``plan`` packed (`pipeline.models.packing.pack`) and copied to the device ahead
+    of a timed loop: one ``(input_ids (T,) int64, cu_seqlens (B+1,) int32, max_seqlen, indices)``
+    per batch; ``cu_seqlens`` stays on the CPU when ``cu_on_device`` is false."""
+    from pipeline.models.packing import pack
 
     out = []
     for idx in plan:
-        lens = np.array([token_ids[i].size for i in idx], dtype=np.int64)
-        cu = torch.zeros(len(idx) + 1, dtype=torch.int32)
-        cu[1:] = torch.from_numpy(np.cumsum(lens)).to(torch.int32)
-        ids = torch.from_numpy(np.concatenate([token_ids[i] for i in idx]))
-        out.append((ids.to(device), cu.to(device) if cu_on_device else cu, int(lens.max()), idx))
+        ids, cu, max_seqlen = pack([token_ids[i] for i in idx])
+        out.append((ids.to(device), cu.to(device) if cu_on_device else cu, max_seqlen, idx))
     return out
 
 

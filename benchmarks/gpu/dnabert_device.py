@@ -21,7 +21,7 @@ Usage (GPU):  python benchmarks/gpu/dnabert_device.py --out dnabert.json [--no-c
 Usage (CPU):  python benchmarks/gpu/dnabert_device.py --smoke --out /tmp/dnabert.json
 
 JSON (``--out``): ``{"schema": "virnucpro.bench.dnabert/1", "environment": environment_info(),
-"config": {...}, "equivalence": {precision: {backend, n, cos_min, cos_p0.1, cos_mean, rel_l2_max,
+"config": {...}, "equivalence": {precision: {backend, n, cos_min, cos_p001, cos_mean, rel_l2_max,
 ...}}, "throughput": [{path, precision, backend, tokens, sequences, batches, seconds, tokens_per_s,
 speedup_vs_padded, efficiency, warmup_s}], "goals": {...}, "seconds_total": ...}``.
 """
@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.gpu.common import packed_batches, padded_plan, save, synchronize, timed  # noqa: E402
+from benchmarks.gpu.common import padded_plan, preload_packed, save, synchronize, timed  # noqa: E402
+from validation.metrics import cosine_stats  # noqa: E402
 
 SCHEMA = "virnucpro.bench.dnabert/1"
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
@@ -73,24 +74,6 @@ def to_padded(token_ids: list[np.ndarray], plan: list[list[int]], pad_id: int, d
     from pipeline.models.dnabert_s.model import pad_batch
 
     return [(*pad_batch([token_ids[i] for i in idx], pad_id, device), idx) for idx in plan]
-
-
-def cosine_stats(a, b) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-
-    a, b = a.double().cpu(), b.double().cpu()
-    cos = F.cosine_similarity(a, b, dim=-1).numpy()
-    rel = (torch.linalg.vector_norm(a - b, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).numpy()
-    return {
-        "n": int(cos.size),
-        "cos_min": float(np.nanmin(cos)),
-        "cos_p0.1": float(np.nanpercentile(cos, 0.1)),
-        "cos_mean": float(np.nanmean(cos)),
-        "rel_l2_max": float(np.nanmax(rel)),
-        "rel_l2_mean": float(np.nanmean(rel)),
-        "nonfinite": int((~np.isfinite(cos)).sum()),
-    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = load(precision)
         pooled = torch.empty_like(reference)
         with torch.inference_mode():
-            for ids, cu, max_len, idx in packed_batches(token_ids, plan, device):
+            for ids, cu, max_len, idx in preload_packed(token_ids, plan, device):
                 pooled[torch.as_tensor(idx, device=pooled.device)] = model.embed_packed(ids, cu, max_len)
         result["equivalence"][precision] = {"backend": model.backend, **cosine_stats(pooled, reference)}
         del model
@@ -187,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 masked_mean(padded_reference_forward(params, model.arch, ids, mask, dtype=model.dtype), mask)
 
     packed_plan = plan_batches(lengths, budget)
-    packed = packed_batches(bench_ids, packed_plan, device)
+    packed = preload_packed(bench_ids, packed_plan, device)
 
     def run_packed(m, batches=packed):
         with torch.inference_mode():
@@ -239,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # the compiled graph must give the same embeddings as the eager one
             pooled = torch.empty_like(reference)
             with torch.inference_mode():
-                for ids, cu, max_len, idx in packed_batches(token_ids, plan, device):
+                for ids, cu, max_len, idx in preload_packed(token_ids, plan, device):
                     pooled[torch.as_tensor(idx, device=pooled.device)] = compiled.embed_packed(
                         ids, cu, max_len
                     )
@@ -265,11 +248,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"model {result['config']['model']} on {result['config']['device']}",
-        "precision      backend       cos_min     cos_p0.1    cos_mean    rel_l2_max",
+        "precision      backend       cos_min     cos_p001    cos_mean    rel_l2_max",
     ]
     for p, s in result["equivalence"].items():
         lines.append(
-            f"{p:<14} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p0.1']:.7f}  {s['cos_mean']:.7f}"
+            f"{p:<14} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p001']:.7f}  {s['cos_mean']:.7f}"
             f"  {s['rel_l2_max']:.2e}"
         )
     lines.append("")

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.gpu.common import packed_batches, padded_plan, save, synchronize, timed  # noqa: E402
+from benchmarks.gpu.common import padded_plan, preload_packed, save, synchronize, timed  # noqa: E402
+from validation.metrics import cosine_stats  # noqa: E402
 
 SCHEMA = "virnucpro.bench.esm2/1"
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
@@ -112,24 +113,6 @@ def padded_pool(rep, tokens, special: tuple[int, int, int]):
     return (rep.float() * w).sum(1) / keep.sum(1, keepdim=True).clamp(min=1).float()
 
 
-def cosine_stats(a, b) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-
-    cos = F.cosine_similarity(a.double(), b.double(), dim=-1).cpu().numpy()
-    diff = torch.linalg.vector_norm((a - b).double(), dim=-1)
-    rel = (diff / torch.linalg.vector_norm(b.double(), dim=-1)).cpu().numpy()
-    return {
-        "n": int(cos.size),
-        "cos_min": float(cos.min()),
-        "cos_p0.1": float(np.percentile(cos, 0.1)),
-        "cos_mean": float(cos.mean()),
-        "rel_l2_max": float(rel.max()),
-        "rel_l2_mean": float(rel.mean()),
-        "nonfinite": int((~np.isfinite(cos)).sum()),
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -198,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m = load(precision)
         out = torch.empty_like(ref)
         with torch.inference_mode():
-            for ids, cu, maxlen, idx in packed_batches(cos_ids, cos_plan, device, cu_on_device=False):
+            for ids, cu, maxlen, idx in preload_packed(cos_ids, cos_plan, device, cu_on_device=False):
                 out[torch.as_tensor(idx, device=device)] = m.embed_packed(ids, cu, maxlen)
         m.check_finite(f"equivalence {precision}")
         stats = cosine_stats(out, ref)
@@ -228,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ids = [tok.encode(s) for s in seqs]
         lens = [t.size for t in ids]
         real_tokens = int(sum(lens))
-        pk = packed_batches(ids, pack_plan(lens, budget), device, cu_on_device=False)
+        pk = preload_packed(ids, pack_plan(lens, budget), device, cu_on_device=False)
         pd = padded_batches(ids, padded_plan(lens, budget), tok.pad_id, device)
         packing_eff = real_tokens / (len(pk) * budget)
         padded_eff = real_tokens / sum(t.numel() for t, _ in pd)
@@ -302,11 +285,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "precision  backend       cos_min     cos_p0.1    cos_mean",
+        "precision  backend       cos_min     cos_p001    cos_mean",
     ]
     for p, s in result["equivalence"].items():
         lines.append(
-            f"{p:<10} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p0.1']:.7f}  {s['cos_mean']:.7f}"
+            f"{p:<10} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p001']:.7f}  {s['cos_mean']:.7f}"
         )
     lines.append("")
     lines.append(f"{'mix':<24} {'path':<16} {'backend':<13} {'tok/s':>12} {'x vanilla':>9} {'eff':>6}")

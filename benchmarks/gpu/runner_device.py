@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # runs from a plain checkout (no pip install) on 
 
 import numpy as np  # noqa: E402
 
-from benchmarks.gpu.common import save, synchronize  # noqa: E402
+from benchmarks.gpu.common import preload_packed, save, synchronize  # noqa: E402
 
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
@@ -104,6 +104,7 @@ def spot_check(encoder, out_dir: Path, by_id: dict[str, str], n: int = 256) -> d
     import torch
 
     from pipeline.embed.parts import open_embeddings
+    from pipeline.models.packing import pack
 
     es = open_embeddings(out_dir)
     rows = np.linspace(0, len(es) - 1, min(n, len(es))).round().astype(int)
@@ -112,14 +113,9 @@ def spot_check(encoder, out_dir: Path, by_id: dict[str, str], n: int = 256) -> d
     with torch.inference_mode():
         for start in range(0, rows.size, 32):
             toks = [encoder.tokenizer.encode(by_id[i]) for i in es.ids[rows[start : start + 32]]]
-            cu = np.zeros(len(toks) + 1, dtype=np.int32)
-            np.cumsum([t.size for t in toks], out=cu[1:])
+            ids, cu, max_seqlen = pack(toks)
             device = next(encoder.parameters()).device
-            out = encoder.embed_packed(
-                torch.from_numpy(np.concatenate(toks)).to(device),
-                torch.from_numpy(cu).to(device),
-                int(max(t.size for t in toks)),
-            )
+            out = encoder.embed_packed(ids.to(device), cu.to(device), max_seqlen)
             want.append(out.float().cpu().numpy())
     want = np.concatenate(want)
     cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
@@ -200,18 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         override=args.token_budget or (512 if smoke else None),
     )
     plan = plan_batches(lengths, budget)
-    device_batches = []
-    for rows in plan:
-        parts = [tokenized[r] for r in rows]
-        cu = np.zeros(len(parts) + 1, dtype=np.int32)
-        np.cumsum([p.size for p in parts], out=cu[1:])
-        device_batches.append(
-            (
-                torch.from_numpy(np.concatenate(parts)).to(device),
-                torch.from_numpy(cu).to(device),
-                int(max(p.size for p in parts)),
-            )
-        )
+    device_batches = [b[:3] for b in preload_packed(tokenized, plan, device)]
     bare = bare_throughput(encoder, device_batches, device, bare_seconds)
     del device_batches
 

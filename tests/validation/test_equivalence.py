@@ -10,39 +10,11 @@ from pipeline.prepare.translate import six_frames
 from validation.equivalence import (
     EquivalenceConfig,
     Thresholds,
-    compare_embeddings,
     enforce,
     label_agreement,
     passes,
     synthetic_frames,
 )
-
-
-def test_identical_embeddings_are_perfect():
-    a = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
-    m = compare_embeddings(a, a.copy())
-    assert m["cos_min"] == pytest.approx(1.0) and m["cos_mean"] == pytest.approx(1.0)
-    assert m["rel_l2_max"] == 0.0 and m["max_abs"] == 0.0
-
-
-def test_known_angles_and_errors():
-    base = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
-    cand = np.array([[1.0, 1.0], [0.0, 2.0], [3.0, 4.5]])
-    m = compare_embeddings(cand, base)
-    # row 0: 45 degrees; row 1: identical; row 2: |d| = 0.5, |b| = 5
-    assert m["cosines"][0] == pytest.approx(np.sqrt(0.5))
-    assert m["cosines"][1] == pytest.approx(1.0)
-    assert m["cos_min"] == pytest.approx(np.sqrt(0.5))
-    assert m["rel_l2_max"] == pytest.approx(1.0)  # row 0: |(0, 1)| / |(1, 0)|
-    assert m["max_abs"] == pytest.approx(1.0)
-    assert m["cos_p001"] <= m["cos_mean"]
-
-
-def test_opposite_and_zero_vectors():
-    m = compare_embeddings(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[-1.0, 0.0], [0.0, 0.0]]))
-    assert m["cosines"].tolist() == pytest.approx([-1.0, 1.0])
-    with pytest.raises(ConfigError):
-        compare_embeddings(np.zeros((2, 3)), np.zeros((3, 3)))
 
 
 def test_label_agreement_frames_and_chunks():

@@ -140,6 +140,53 @@ def test_device_benchmark_list_items_keep_distinct_names(tmp_path):
     }
 
 
+def _esm2_device_doc(day: int, p001_key: str, p001: float) -> dict:
+    """The shape of benchmarks/gpu/esm2_device.py's JSON, with the 0.1th percentile under ``p001_key``."""
+    env = {"host": "h", "time": f"2026-11-{day:02d}T00:00:00+00:00", "device_name": "NVIDIA H200"}
+    return {
+        "schema": "virnucpro.bench.esm2/1",
+        "environment": env,
+        "equivalence": {"fp16": {"n": 2000, "cos_min": p001 - 1e-6, p001_key: p001, "backend": "sdpa"}},
+    }
+
+
+def test_old_and_new_cosine_percentile_keys_are_one_series(tmp_path):
+    # GPU-script files committed before validation.metrics wrote the 0.1th percentile as cos_p0.1.
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.ingest_file(_write(tmp_path / "old.json", _esm2_device_doc(18, "cos_p0.1", 0.99991)))
+    store.ingest_file(_write(tmp_path / "new.json", _esm2_device_doc(19, "cos_p001", 0.99993)))
+    series = store.query(
+        "SELECT r.started_at, d.value FROM device_benchmarks d JOIN runs r USING (run_id) "
+        "WHERE d.benchmark = 'virnucpro.bench.esm2/1' AND d.metric = 'equivalence.fp16.cos_p001' "
+        "ORDER BY r.started_at"
+    )
+    assert series["value"].tolist() == [0.99991, 0.99993]
+    assert store.query("SELECT metric FROM device_benchmarks WHERE metric LIKE '%p0.1%'").empty
+
+
+def test_migration_renames_old_cosine_percentile_rows(tmp_path):
+    db = tmp_path / "m.duckdb"
+    store = MetricsStore(db)
+    with store.connect() as con:  # a version-1 database holding an old-key row
+        con.execute("DELETE FROM schema_version WHERE version > 1")
+        con.execute(
+            "INSERT INTO device_benchmarks VALUES ('r1', 'b', 'equivalence.bf16.cos_p0.1', 0.9991), "
+            "('r1', 'b', 'goals.bf16_cos_min>=0.999', 1.0)"
+        )
+    assert MetricsStore(db).schema_version() == SCHEMA_VERSION
+    got = dict(store.query("SELECT metric, value FROM device_benchmarks").itertuples(index=False))
+    assert got == {"equivalence.bf16.cos_p001": 0.9991, "goals.bf16_cos_min>=0.999": 1.0}
+
+
+def test_committed_gpu_results_use_the_current_keys_after_ingest(tmp_path):
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.ingest_files(sorted(results.glob("*device*.json")))
+    metrics = store.query("SELECT DISTINCT metric FROM device_benchmarks")["metric"].tolist()
+    assert any(m.endswith(".cos_p001") for m in metrics)
+    assert not any("cos_p0.1" in m for m in metrics)
+
+
 @pytest.mark.parametrize("doc", [[1, 2], {"hello": 1}])
 def test_unknown_files_rejected(tmp_path, doc):
     with pytest.raises(InputError):
