@@ -129,10 +129,15 @@ def write_highestscore(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def chunk_ids(prepared_dir: str | Path) -> list[str] | None:
-    """Chunk ids in input order from ``chunked.fa`` headers, or None when the file is absent."""
-    path = Path(prepared_dir) / "chunked.fa"
-    if not path.is_file():
+    """Chunk ids in input order from ``chunked.fa`` headers, or None when the directory holds no
+    prepare output at all. A prepare that did not finish, or files that differ from what it wrote,
+    raise `InputError` (`PreparedPaths.locate`)."""
+    from pipeline.prepare.stage import MANIFEST, PreparedPaths
+
+    root = Path(prepared_dir)
+    if not (root / MANIFEST).exists() and not any(p.exists() for p in PreparedPaths.in_dir(root).files()):
         return None
+    path = PreparedPaths.locate(root).chunked
     out: list[str] = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:

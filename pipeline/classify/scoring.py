@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.atomic import atomic_path
-from pipeline.core.errors import InputError, NumericalError, OutputIntegrityError
+from pipeline.core.errors import NumericalError, OutputIntegrityError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,24 +31,12 @@ _SHOW = 5
 
 
 def frame_ids(prepared_dir: str | Path) -> list[str]:
-    """Kept frame ids in ``protein.faa`` order (from ``frames.parquet``, else the FASTA headers)."""
-    prepared = Path(prepared_dir)
-    index = prepared / "frames.parquet"
-    if index.is_file():
-        import pyarrow.parquet as pq
+    """Kept frame ids in ``protein.faa`` order, from the ``frames.parquet`` of a finished prepare
+    (`PreparedPaths.locate` refuses an unfinished, mixed or changed prepared directory)."""
+    from pipeline.prepare.stage import PreparedPaths
 
-        return [str(x) for x in pq.read_table(index, columns=["id"]).column("id").to_pylist()]
-    faa = prepared / "protein.faa"
-    if not faa.is_file():
-        raise InputError(
-            f"{prepared} has neither frames.parquet nor protein.faa; run `virnucpro prepare` first"
-        )
-    ids: list[str] = []
-    with open(faa, encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith(">"):
-                ids.append(line[1:].split(maxsplit=1)[0] if line[1:].strip() else "")
-    return ids
+    table = PreparedPaths.locate(prepared_dir).read_frames(["id"])
+    return [str(x) for x in table.column("id").to_pylist()]
 
 
 def _index(ids: Sequence[str], what: str) -> pd.Index:

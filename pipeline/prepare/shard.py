@@ -53,17 +53,13 @@ def write_shards(prepared_dir: Path | str, n_shards: int, out_dir: Path | str) -
         The shard paths, in shard order.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from pipeline.prepare.stage import PreparedPaths
 
     if n_shards < 1:
         raise ConfigError(f"n_shards={n_shards} must be >= 1")
     prepared, out = Path(prepared_dir), Path(out_dir)
-    frames_path = prepared / "frames.parquet"
-    if not frames_path.is_file():
-        raise InputError(
-            f"{frames_path} is missing; run `virnucpro prepare` to create the prepared directory"
-        )
-    frames = pq.read_table(frames_path, columns=["id", "aa_length"])
+    frames = PreparedPaths.locate(prepared).read_frames(["id", "aa_length"])
     frame_ids = [str(x) for x in frames.column("id").to_pylist()]
     aa_length = np.asarray(frames.column("aa_length").to_numpy(zero_copy_only=False), dtype=np.int64)
 

@@ -10,13 +10,17 @@ Output directory (see docs/prepare.md):
 Chunking and translation reproduce the original VirNucPro ``split_fasta_chunk`` / ``identify_seq``
 exactly, quirks included (see `chunk_bounds` and `pipeline.prepare.translate`).
 
-All four files are written to temporary files and renamed into place only when the whole input
-was read without error; ``frames.parquet`` is renamed last, so its presence means prepare finished.
+All four files are written into a staging directory inside the output directory and published
+together (`pipeline.core.atomic.publish_together`) only when the whole input was read and written
+without error, followed by ``prepared.json``, the completion record: the size of each file. Readers
+go through `PreparedPaths.locate`, which refuses a directory without that record (prepare did not
+finish) or whose files differ from it (mixed or changed), so they never read a mix of two runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -26,7 +30,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import publish_together, remove_stale_staging, staging_dir
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.prepare.fasta import read_fasta_bytes
 from pipeline.prepare.translate import FRAME_LABELS, Frame, six_frames, translate_both_strands
@@ -40,6 +44,9 @@ CHUNKED_FA = "chunked.fa"
 NUCLEOTIDE_FA = "nucleotide.fa"
 PROTEIN_FAA = "protein.faa"
 FRAMES_PARQUET = "frames.parquet"
+#: The completion record, published after the four files (see `write_manifest`).
+MANIFEST = "prepared.json"
+MANIFEST_FORMAT = "virnucpro.prepared/1"
 #: Bases of chunk sequence translated per vectorised batch (bounds memory to ~40 bytes per base).
 BATCH_BASES = 1 << 22
 _WRAP = 60
@@ -122,18 +129,99 @@ class PreparedPaths:
 
     @classmethod
     def locate(cls, out_dir: str | os.PathLike[str]) -> PreparedPaths:
-        """The files of an existing prepared directory; `InputError` naming the missing ones."""
+        """The files of a finished prepare in ``out_dir``, checked against its ``prepared.json``.
+
+        Raises `InputError` naming the file when the record is missing (prepare did not finish, or
+        was killed while publishing), unreadable, or when a file is missing or differs in size from
+        what prepare wrote (changed, truncated, or taken from another run).
+        """
         paths = cls.in_dir(out_dir)
-        missing = [p.name for p in paths.files() if not p.is_file()]
-        if missing:
+        rerun = f"rerun `virnucpro prepare INPUT -o {paths.root}`"
+        record = paths.root / MANIFEST
+        if not record.is_file():
+            if any(p.exists() for p in paths.files()):
+                raise InputError(
+                    f"prepare did not finish in {paths.root}: {MANIFEST}, written last, is missing, so "
+                    f"the files there may come from different runs; {rerun}"
+                )
+            missing = ", ".join(p.name for p in paths.files())
             raise InputError(
-                f"{paths.root} is not a prepared directory: missing {', '.join(missing)}; "
+                f"{paths.root} is not a prepared directory: missing {missing}; "
                 f"run `virnucpro prepare INPUT -o {paths.root}` first"
             )
+        sizes = _read_manifest(record, rerun)
+        for path in paths.files():
+            if not path.is_file():
+                raise InputError(f"{paths.root} is not a prepared directory: missing {path.name}; {rerun}")
+            actual = path.stat().st_size
+            if actual != sizes[path.name]:
+                raise InputError(
+                    f"{path} is {actual} bytes but prepare wrote {sizes[path.name]} ({MANIFEST}): it was "
+                    f"changed, truncated or replaced after prepare finished; {rerun}"
+                )
         return paths
 
     def files(self) -> tuple[Path, Path, Path, Path]:
         return (self.chunked, self.nucleotide, self.protein, self.frames)
+
+    def read_frames(self, columns: list[str]):
+        """Columns of ``frames.parquet`` as a ``pyarrow.Table``; `InputError` when it cannot be read."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(self.frames, columns=columns)
+        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+            raise InputError(
+                f"{self.frames} cannot be read as the frame index ({str(exc).splitlines()[0][:200]}); "
+                f"rerun `virnucpro prepare INPUT -o {self.root}`"
+            ) from None
+
+
+def _read_manifest(record: Path, rerun: str) -> dict[str, int]:
+    """File name -> size in bytes from ``prepared.json``; `InputError` when it is not one."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        files = data["files"]
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        sizes = {
+            name: int(files[name]["bytes"])
+            for name in (CHUNKED_FA, NUCLEOTIDE_FA, PROTEIN_FAA, FRAMES_PARQUET)
+        }
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        detail = exc if not isinstance(exc, KeyError) else f"no entry {exc}"
+        raise InputError(f"{record} is not a readable prepare record ({detail}); {rerun}") from None
+    return sizes
+
+
+def write_manifest(
+    out_dir: str | os.PathLike[str],
+    *,
+    chunk_size: int | None = None,
+    stats: PrepareStats | None = None,
+    target: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Record the four files of ``out_dir`` as one finished prepare: ``prepared.json`` with the size
+    of each (``target``: write the record there instead). `prepare` calls it on its staging
+    directory; tools and tests that assemble a prepared directory by hand call it when done."""
+    from pipeline.core.atomic import atomic_write_text
+
+    paths = PreparedPaths.in_dir(out_dir)
+    record = {
+        "format": MANIFEST_FORMAT,
+        "chunk_size": chunk_size,
+        "stats": None if stats is None else {k: getattr(stats, k) for k in PrepareStats.__dataclass_fields__},
+        "files": {p.name: {"bytes": p.stat().st_size} for p in paths.files()},
+    }
+    out = Path(target) if target is not None else paths.root / MANIFEST
+    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
+    return out
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _frames_schema():
@@ -276,7 +364,8 @@ def prepare(
 
     Args:
         input_path: FASTA, plain or gzip (detected from its magic bytes).
-        out_dir: created if needed; existing prepared files in it are replaced only on success.
+        out_dir: created if needed; existing prepared files in it are replaced only on success,
+            all four together (see the module docstring).
         chunk_size: chunk length in bases (300 or 500 for the published classifiers).
         progress: show a tqdm progress bar (bases) on stderr for inputs that take over a second.
 
@@ -286,6 +375,9 @@ def prepare(
     Raises:
         InputError: bad FASTA (nothing is published; a directory created here is removed again).
         ConfigError: ``chunk_size`` < 3.
+        OSError: the outputs could not be written or published (no space, a file size limit, an
+            immutable or read-only file or directory). Nothing is published then either: the files
+            of an earlier prepare in ``out_dir`` stay exactly as they were.
     """
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -297,56 +389,76 @@ def prepare(
     source = Path(input_path)
     paths = PreparedPaths.in_dir(out_dir)
     created_dir = not paths.root.exists()
+    remove_stale_staging(paths.root)  # what a killed prepare left
     t0 = time.perf_counter()
     records = bases = 0
     try:
-        with contextlib.ExitStack() as stack:
-            # entered first so it is published last: frames.parquet marks a finished prepare
-            frames_tmp = stack.enter_context(atomic_path(paths.frames))
-            handles = [
-                stack.enter_context(open(stack.enter_context(atomic_path(p)), "wb", buffering=1 << 20))
-                for p in (paths.chunked, paths.nucleotide, paths.protein)
-            ]
-            frames_writer = stack.enter_context(pq.ParquetWriter(frames_tmp, _frames_schema()))
-            writer = _BatchWriter(*handles, frames_writer)
-            bar = stack.enter_context(
-                tqdm(
-                    total=None,
-                    unit="bp",
-                    unit_scale=True,
-                    desc="prepare",
-                    disable=not progress,
-                    delay=1.0,
-                    leave=False,
+        with staging_dir(paths.root) as stage:
+            staged = PreparedPaths.in_dir(stage)
+            with contextlib.ExitStack() as stack:
+                handles = [
+                    stack.enter_context(open(p, "wb", buffering=1 << 20))
+                    for p in (staged.chunked, staged.nucleotide, staged.protein)
+                ]
+                frames_writer = stack.enter_context(pq.ParquetWriter(staged.frames, _frames_schema()))
+                writer = _BatchWriter(*handles, frames_writer)
+                bar = stack.enter_context(
+                    tqdm(
+                        total=None,
+                        unit="bp",
+                        unit_scale=True,
+                        desc="prepare",
+                        disable=not progress,
+                        delay=1.0,
+                        leave=False,
+                    )
                 )
+                for record_id, seq in read_fasta_bytes(source):
+                    records += 1
+                    bases += len(seq)
+                    writer.add(record_id, seq, chunk_size)
+                    if progress and (records % 4096 == 0 or len(seq) >= BATCH_BASES):
+                        bar.update(bases - bar.n)
+                writer.flush()
+                bar.update(bases - bar.n)
+            for path in staged.files():
+                _fsync(path)
+            stats = PrepareStats(
+                records=records,
+                bases=bases,
+                chunks=writer.chunks,
+                frames=writer.frames,
+                seconds=time.perf_counter() - t0,
             )
-            for record_id, seq in read_fasta_bytes(source):
-                records += 1
-                bases += len(seq)
-                writer.add(record_id, seq, chunk_size)
-                if progress and (records % 4096 == 0 or len(seq) >= BATCH_BASES):
-                    bar.update(bases - bar.n)
-            writer.flush()
-            bar.update(bases - bar.n)
-    except BaseException:
-        if created_dir:
-            with contextlib.suppress(OSError):
-                paths.root.rmdir()  # only if empty: never removes anything else
+            write_manifest(stage, chunk_size=chunk_size, stats=stats)
+            publish_together(
+                [(s, t) for s, t in zip(staged.files(), paths.files())],
+                marker=(stage / MANIFEST, paths.root / MANIFEST),
+            )
+    except OSError as exc:
+        _remove_if_created(paths.root, created_dir)
+        if exc.filename is None:  # a failed write() names no file: say where the outputs were going
+            raise type(exc)(
+                exc.errno, f"{exc.strerror} (writing the prepared files)", str(paths.root)
+            ) from exc
         raise
-    stats = PrepareStats(
-        records=records,
-        bases=bases,
-        chunks=writer.chunks,
-        frames=writer.frames,
-        seconds=time.perf_counter() - t0,
-    )
+    except BaseException:
+        _remove_if_created(paths.root, created_dir)
+        raise
     log.info("prepare %s -> %s: %s", source, paths.root, stats.summary())
     return PreparedPaths(paths.root, paths.chunked, paths.nucleotide, paths.protein, paths.frames, stats)
+
+
+def _remove_if_created(root: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only if empty: never removes anything else
 
 
 __all__ = [
     "CHUNKED_FA",
     "FRAMES_PARQUET",
+    "MANIFEST",
     "NUCLEOTIDE_FA",
     "PROTEIN_FAA",
     "Frame",
@@ -356,4 +468,5 @@ __all__ = [
     "chunk_sequence",
     "prepare",
     "six_frames",
+    "write_manifest",
 ]

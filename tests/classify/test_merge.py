@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.prepared import seal_prepared
 
 from pipeline.classify.merge import (
     chunk_of,
@@ -71,7 +72,7 @@ def _prepared(tmp_path, chunks=CHUNKS):
     d = tmp_path / "run"
     d.mkdir()
     (d / "chunked.fa").write_text("".join(f">{c}\nACGTACGTAC\n" for c in chunks))
-    return d
+    return seal_prepared(d)
 
 
 def _scores(tmp_path, frames=FRAMES):

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures.prepared import seal_prepared
 
 from pipeline.classify.mlp import MLPClassifier
 from pipeline.classify.scoring import classify, frame_ids, score_frames
@@ -128,6 +129,7 @@ def test_classify_writes_parquet_in_protein_order(tmp_path) -> None:
     prepared = tmp_path / "run"
     prepared.mkdir()
     (prepared / "protein.faa").write_text("".join(f">{f}\nMK\n" for f in FRAMES))
+    seal_prepared(prepared, FRAMES)
     ids_d, dna, ids_p, prot = _sets(FRAMES[::-1], FRAMES)
     # DNA split over two shard directories, in an order unrelated to protein.faa
     _write_set(tmp_path / "emb/dnabert-s/shard-001", ids_d[:2], dna[:2], "dnabert-s")
@@ -152,7 +154,6 @@ def test_classify_writes_parquet_in_protein_order(tmp_path) -> None:
 
 def test_classify_with_a_random_spec_and_no_frames(tmp_path) -> None:
     prepared = tmp_path / "run"
-    prepared.mkdir()
-    (prepared / "protein.faa").write_text("")
+    seal_prepared(prepared)
     out = classify(prepared, [], [], "random", tmp_path / "s.parquet")
     assert pq.read_table(out).num_rows == 0

@@ -14,7 +14,7 @@ import pytest
 from pipeline.cli import main
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.fa"
-OUTPUTS = {"chunked.fa", "nucleotide.fa", "protein.faa", "frames.parquet"}
+OUTPUTS = {"chunked.fa", "nucleotide.fa", "protein.faa", "frames.parquet", "prepared.json"}
 
 
 def run_cli(args: list[str]) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures.prepared import seal_prepared
 
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.prepare.shard import write_shards
@@ -35,7 +36,7 @@ def make_prepared(
     # wrapped lines and a description after the id, as FASTA writers produce
     (root / "protein.faa").write_text("".join(f">{i} frame\n{p[:4]}\n{p[4:]}\n" for i, p in proteins.items()))
     (root / "nucleotide.fa").write_text("".join(f">{i}\n{s}\n" for i, s in nucleotides.items()))
-    return root
+    return seal_prepared(root)
 
 
 def test_stride_over_length_sorted_rows(tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_more_shards_than_rows_gives_empty_shards(tmp_path: Path) -> None:
 def test_bad_prepared_dirs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="n_shards=0"):
         write_shards(make_prepared(tmp_path / "p0"), 0, tmp_path / "s0")
-    with pytest.raises(InputError, match="frames.parquet is missing"):
+    with pytest.raises(InputError, match="not a prepared directory: missing .*frames.parquet"):
         write_shards(tmp_path / "nothing", 1, tmp_path / "s1")
     prep = make_prepared(tmp_path / "p2", frame_ids=["a_F1", "a_R2", "b_F1", "c_R1", "b_F3"])
     with pytest.raises(InputError, match="does not match frames.parquet .* at row 3"):
@@ -72,5 +73,5 @@ def test_bad_prepared_dirs(tmp_path: Path) -> None:
         write_shards(make_prepared(tmp_path / "p3", nucleotides=nuc), 1, tmp_path / "s3")
     prep = make_prepared(tmp_path / "p4")
     (prep / "nucleotide.fa").unlink()
-    with pytest.raises(InputError, match="nucleotide.fa is missing"):
+    with pytest.raises(InputError, match="missing nucleotide.fa"):
         write_shards(prep, 1, tmp_path / "s4")

@@ -222,10 +222,12 @@ def test_throughput_section_includes_gpu_script_figures_per_model(tmp_path):
 def test_per_record_plot_from_a_run_directory_and_missing_db_refused(filled_db, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from fixtures.prepared import seal_prepared
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "chunked.fa").write_text(">r1_chunk_1\nACGT\n>r1_chunk_2\nACGT\n>r2_chunk_1\nACGT\n")
+    seal_prepared(run)
     pq.write_table(
         pa.table(
             {
