@@ -146,9 +146,31 @@ def test_toy_shard_matches_per_sequence_reference(tmp_path: Path) -> None:
     stage = record["stages"][0]
     assert stage["sequences"] == 40 and stage["parts_written"] == 6  # ceil(40 / 7)
     assert stage["tokens"] == sum(len(s) + 2 for s in seqs)
-    assert 0 < stage["packing_efficiency"] <= 1
+    # real tokens / (batches x budget); every row here fits the budget of 64
+    assert stage["packing_efficiency"] == round(stage["tokens"] / (stage["batches"] * 64), 5)
     assert json.loads((tmp_path / "out" / "run_record.json").read_text())["schema"] == "virnucpro.run/1"
     assert es.metadata["kind"] == "esm2" and es.metadata["hidden_size"] == 8
+
+
+def test_batches_and_packing_efficiency_follow_the_hand_worked_ffd_plan(tmp_path: Path) -> None:
+    # Token counts (residues + BOS + EOS) 10, 40, 5, 15, 6, 20, 12 with a budget of 32. First fit
+    # decreasing: 40 > 32 alone; 20 -> A (12 left); 15 -> B (17 left); 12 -> A (full); 10 -> B
+    # (7 left); 6 -> B (1 left); 5 -> C. Efficiency = 108 real tokens / (40 + 3 x 32) = 108 / 136,
+    # the oversize batch counting its own length as its capacity.
+    seqs = ["A" * (n - 2) for n in (10, 40, 5, 15, 6, 20, 12)]
+    shard = write_shard(tmp_path / "s.parquet", seqs)
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(ToyEncoder):
+        def forward(self, input_ids, cu_seqlens, max_seqlen):
+            seen.append(tuple(torch.diff(cu_seqlens).tolist()))
+            return super().forward(input_ids, cu_seqlens, max_seqlen)
+
+    record = embed_shard(shard, None, "esm2", cfg(token_budget=32), tmp_path / "out", encoder=Recording())
+    assert sorted(seen) == sorted([(40,), (20, 12), (15, 10, 6), (5,)])
+    stage = record["stages"][0]
+    assert (stage["batches"], stage["token_budget"], stage["tokens"]) == (4, 32, 108)
+    assert stage["packing_efficiency"] == pytest.approx(108 / 136, abs=1e-5)
 
 
 def test_budget_smaller_than_a_sequence_still_embeds_it(tmp_path: Path) -> None:
