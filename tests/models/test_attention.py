@@ -139,22 +139,41 @@ def test_mismatched_shapes_rejected():
         varlen_attention(q, k[:, :2], v, cu, 3, backend="sdpa", scale=1.0)
 
 
+# Tolerance against the float64 loop (run on the same rounded inputs) per compute dtype: the kernels
+# round the probabilities and the output to it.
+CUDA_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", list(CUDA_TOLERANCE), ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("slopes", [None, SLOPES], ids=["no-bias", "alibi"])
-def test_cuda_backends_agree_with_naive(dtype, slopes):
-    q, k, v, cu = (t.cuda() for t in packed(LENGTHS, heads=3, dim=64))
+@pytest.mark.parametrize("backend", ["flash-attn", "torch-varlen", "flex", "flex-eager", "sdpa"])
+def test_cuda_backends_agree_with_naive(backend, dtype, slopes):
+    kernel = backend.removesuffix("-eager")
+    try:
+        resolve_backend(kernel, "cuda", alibi=slopes is not None, dtype=dtype)
+    except BackendUnavailableError as e:
+        pytest.skip(str(e))
+    q, k, v, cu = (t.cuda() for t in packed(BLOCK_LENGTHS, heads=3, dim=64))
     q, k, v = (t.to(dtype) for t in (q, k, v))
-    want = naive(q.cpu().float(), k.cpu().float(), v.cpu().float(), LENGTHS, 0.125, slopes)
-    for backend in available_backends(q.device, alibi=slopes is not None, dtype=dtype):
+    want = naive(q.cpu().double(), k.cpu().double(), v.cpu().double(), BLOCK_LENGTHS, 0.125, slopes)
+    cuda_slopes = None if slopes is None else slopes.cuda()
+    if backend == "flex-eager":  # FlexAttention's unfused path on the GPU, with the models' block mask
+        mask = flex_block_mask(cu, q.shape[0], compiled=False)
+        out = flex_varlen(q, k, v, cu, 0.125, cuda_slopes, compiled=False, block_mask=mask)
+    else:  # as the models call it: the flex mask built once per batch by flex_block_mask
+        mask = flex_block_mask(cu, q.shape[0]) if backend == "flex" else None
         out = varlen_attention(
             q,
             k,
             v,
             cu,
-            max(LENGTHS),
+            max(BLOCK_LENGTHS),
             backend=backend,
             scale=0.125,
-            alibi_slopes=None if slopes is None else slopes.cuda(),
+            alibi_slopes=cuda_slopes,
+            flex_mask=mask,
         )
-        torch.testing.assert_close(out.float().cpu(), want, atol=2e-2, rtol=2e-2, msg=backend)
+    assert out.shape == q.shape and out.dtype == dtype and out.device == q.device
+    tol = CUDA_TOLERANCE[dtype]
+    torch.testing.assert_close(out.double().cpu(), want.double(), atol=tol, rtol=tol)
