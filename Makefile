@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/demo
 
-.PHONY: install lint test demo airflow bench clean
+.PHONY: install lint test gpu-test demo airflow bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ lint: $(STAMP)
 # pytest exits with 5 when it collects no tests, so an empty suite fails here too.
 test: lint
 	$(PY) -m pytest tests
+
+# Every test marked "gpu" on a CUDA machine, with a JSON summary (docs/testing.md). Uses the python on
+# PATH and this checkout (no install step: GPU images bring their own torch).
+GPU_TEST_OUT ?= benchmarks/results/gpu_tests.json
+gpu-test:
+	scripts/gpu_tests.sh $(GPU_TEST_OUT)
 
 # The nightly DAG run in-process (`airflow dags test`) on a fresh SQLite AIRFLOW_HOME, offline demo
 # models; prints the path of the HTML report. DEMO_SKIP_BENCHMARKS=1 leaves the benchmarks out.
