@@ -36,7 +36,9 @@ def _sense_codons() -> np.ndarray:
     )
 
 
-def synthetic_fasta(path: Path, total: int, lo: int, hi: int, seed: int = 0, compress: bool = False) -> int:
+def write_synthetic_fasta(
+    path: Path, total: int, lo: int, hi: int, seed: int = 0, compress: bool = False
+) -> int:
     """Write about ``total`` bases of records of length ``lo..hi`` (60 bases a line); return bases written."""
     rng = np.random.default_rng(seed)
     alphabet = np.frombuffer(b"ACGT", dtype=np.uint8)
@@ -69,9 +71,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, in
     made = {}
     for name, (lo, hi, compress) in CASES.items():
         path = root / (name + (".fa.gz" if compress else ".fa"))
-        made[name] = (path, synthetic_fasta(path, TOTAL_BASES, lo, hi, seed=1, compress=compress))
+        made[name] = (path, write_synthetic_fasta(path, TOTAL_BASES, lo, hi, seed=1, compress=compress))
     tiny = root / "tiny.fa"
-    synthetic_fasta(tiny, 1000, 100, 300)
+    write_synthetic_fasta(tiny, 1000, 100, 300)
     prepare(tiny, root / "tiny-out")  # imports pyarrow & co. outside any measurement
     return made
 

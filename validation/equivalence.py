@@ -21,6 +21,7 @@ with 50 % GC almost never has a stop-free 100-codon frame.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from pipeline.core.config import is_random_classifier
+from pipeline.classify.merge import consensus
+from pipeline.classify.mlp import load_classifier
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.config import (
+    ATTENTION_BACKENDS,
+    PRECISIONS,
+    EncoderConfig,
+    is_random_classifier,
+    validate_choice,
+)
 from pipeline.core.errors import ConfigError, ThresholdFailed
+from pipeline.core.runinfo import environment_info, new_run_id, utc_now
+from pipeline.embed.planning import choose_token_budget, packing_efficiency, plan_batches
+from pipeline.models.packing import pack
+from pipeline.models.registry import load_encoder
+from pipeline.prepare.translate import six_frames
 from validation.metrics import cosine_stats, per_sequence_cosine
+from validation.metrics_store import MetricsStore
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +120,6 @@ class EquivalenceConfig:
     keep_cosines: bool = True
 
     def __post_init__(self) -> None:
-        from pipeline.core.config import ATTENTION_BACKENDS, PRECISIONS, validate_choice
-
         if self.n < 1:
             raise ConfigError(f"n={self.n} must be >= 1 frame")
         if self.chunk_size < 30:
@@ -138,8 +153,6 @@ def synthetic_frames(n: int, chunk_size: int = 300, seed: int = 0) -> FrameSet:
     Reads are 0.5 to 2 chunk lengths long with 60-85 % GC (so that stop-free frames are common and
     chunks keep several frames); frames are taken read by read until ``n`` are collected.
     """
-    from pipeline.prepare.translate import six_frames
-
     try:
         from pipeline.prepare.stage import chunk_sequence
     except ImportError:  # prepare's FASTA reader needs Biopython, which GPU images may lack
@@ -182,8 +195,6 @@ def frame_labels(probs: np.ndarray) -> np.ndarray:
 
 def chunk_labels(ids: list[str], probs: np.ndarray) -> dict[str, bool]:
     """Per-chunk virus call by the original's consensus (max score per class over the chunk's frames)."""
-    from pipeline.classify.merge import consensus
-
     table = consensus(ids, probs[:, 0], probs[:, 1])
     return dict(zip(table["Modified_ID"], table["Is_Virus"].astype(bool), strict=True))
 
@@ -218,9 +229,6 @@ def passes(row: dict[str, Any], t: Thresholds, *, enforce_labels: bool = True) -
 
 
 def _encoder(kind: str, spec: str, precision: str, attention: str, cfg: EquivalenceConfig):
-    from pipeline.core.config import EncoderConfig
-    from pipeline.models.registry import load_encoder
-
     return load_encoder(
         kind,
         EncoderConfig(spec, precision=precision, attention=attention, seed=cfg.seed),
@@ -234,11 +242,6 @@ def _packed_embeddings(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Embed through the production path: FFD token-budget batches, ``embed_packed``.
     Returns ``(N, D) float32`` in input order and packing stats."""
-    import torch
-
-    from pipeline.embed.planning import choose_token_budget, packing_efficiency, plan_batches
-    from pipeline.models.packing import pack
-
     tokens = [np.asarray(encoder.tokenizer.encode(s), dtype=np.int64) for s in sequences]
     lengths = np.array([t.size for t in tokens])
     param = next(encoder.parameters())
@@ -267,16 +270,12 @@ def _packed_embeddings(
 
 
 def _reference_embeddings(encoder, sequences: list[str]) -> np.ndarray:
-    import torch
-
     with torch.inference_mode():
         return encoder.embed_reference(list(sequences)).float().cpu().numpy()
 
 
 def _free(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.empty_cache()
 
 
@@ -289,10 +288,6 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     chunk_label_agreement, passed, seconds, packing_efficiency, and ``cosines`` (per sequence, when
     ``config.keep_cosines``).
     """
-    import torch
-
-    from pipeline.classify.mlp import load_classifier
-
     frames = synthetic_frames(config.n, config.chunk_size, config.seed)
     columns = {"dnabert-s": frames.nucleotide, "esm2": frames.protein}
     specs = {"dnabert-s": config.dnabert_model, "esm2": config.esm_model}
@@ -448,8 +443,6 @@ def validation_document(
     config: EquivalenceConfig, rows: list[dict[str, Any]], started_at: str
 ) -> dict[str, Any]:
     """The ``virnucpro validate --json`` document (schema ``virnucpro.validate/1``)."""
-    from pipeline.core.runinfo import environment_info, new_run_id, utc_now
-
     cfg = asdict(config)
     thresholds = cfg.pop("thresholds")
     return {
@@ -476,18 +469,11 @@ def run_validation(
     """`run_equivalence`, then write the JSON document atomically to ``json_path``, optionally ingest
     it into the metrics store at ``db_path``, and finally (with ``enforce_thresholds``) raise
     `ThresholdFailed` if a row failed. Returns the document."""
-    import json
-
-    from pipeline.core.atomic import atomic_write_text
-    from pipeline.core.runinfo import utc_now
-
     started = utc_now()
     rows = run_equivalence(config)
     doc = validation_document(config, rows, started)
     atomic_write_text(json_path, json.dumps(doc, indent=1))
     if db_path is not None:
-        from validation.metrics_store import MetricsStore
-
         MetricsStore(db_path).ingest_file(json_path)
     if enforce_thresholds:
         enforce(rows, config.thresholds)

@@ -24,7 +24,12 @@ from pipeline.core.errors import ConfigError
 STAT_KEYS = ("n", "cos_min", "cos_p001", "cos_mean", "rel_l2_max", "rel_l2_mean", "max_abs", "nonfinite")
 #: Names older result files used for a key of `STAT_KEYS` (GPU-script JSON written before the one
 #: definition); the metrics store reads them under the new name.
-LEGACY_KEYS = {"cos_p0.1": "cos_p001"}
+LEGACY_KEYS = {
+    "cos_p0.1": "cos_p001",
+    "min_cosine": "cos_min",
+    "max_abs_diff": "max_abs",
+    "rows_checked": "n",
+}
 
 
 def _pair(candidate: ArrayLike, baseline: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -149,6 +149,21 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             WHERE regexp_matches(metric, '(^|\.)cos_p0\.1$')""",
         ),
     ),
+    (
+        3,
+        "runner spot-check metrics min_cosine, max_abs_diff, rows_checked renamed cos_min, max_abs, n",
+        (
+            r"""UPDATE device_benchmarks
+            SET metric = regexp_replace(metric, '(^|\.)min_cosine$', '\1cos_min')
+            WHERE regexp_matches(metric, '(^|\.)min_cosine$')""",
+            r"""UPDATE device_benchmarks
+            SET metric = regexp_replace(metric, '(^|\.)max_abs_diff$', '\1max_abs')
+            WHERE regexp_matches(metric, '(^|\.)max_abs_diff$')""",
+            r"""UPDATE device_benchmarks
+            SET metric = regexp_replace(metric, '(^|\.)rows_checked$', '\1n')
+            WHERE regexp_matches(metric, '(^|\.)rows_checked$')""",
+        ),
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 DATA_TABLES = (

@@ -187,7 +187,7 @@ def cosine_histograms(groups: Iterable[tuple[str, list[float]]]) -> str:
     return _to_data_uri(fig)
 
 
-def packing_efficiency(df) -> str:
+def packing_efficiency_bars(df) -> str:
     """``df``: columns label, packing_efficiency (latest value per model/backend); horizontal bars."""
     fig = _figure(6.0, 0.5 + 0.4 * max(len(df), 2))
     ax = fig.add_subplot()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ConfigError, ThresholdFailed
+from validation.metrics_store import MetricsStore
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -118,8 +119,6 @@ FROM m JOIN runs r USING (run_id)
 def metric_table(db_path: str | Path):
     """All comparable metrics as a pandas DataFrame: run_id, metric, unit, value, higher_is_better,
     rel_spread, kind, source, device_name, gpu, started_at."""
-    from validation.metrics_store import MetricsStore
-
     return MetricsStore(db_path).query(_METRICS_SQL)
 
 

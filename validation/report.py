@@ -7,6 +7,7 @@ rows says so instead of failing.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -14,8 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipeline.classify.plots import plot_run
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.errors import ConfigError
+from pipeline.core.runinfo import utc_now
+from validation import plots
+from validation.metrics_store import SCHEMA_VERSION, MetricsStore
+from validation.regression import DEFAULT_POLICY, check_regressions, describe_change, regressed_names
 
 log = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -72,7 +78,6 @@ def _section_throughput(store) -> dict[str, Any]:
         ORDER BY 1""")
     if df.empty:
         return {"img": None, "rows": [], "panels": 0}
-    from validation import plots
 
     latest = (
         df.sort_values("started_at").groupby(["panel", "series"]).tail(1).sort_values(["panel", "series"])
@@ -88,7 +93,6 @@ def _section_scaling(store) -> dict[str, Any]:
         ORDER BY model, n_gpus""")
     if df.empty:
         return {"img": None, "rows": [], "run_id": None}
-    from validation import plots
 
     return {"img": plots.scaling_curve(df), "rows": _records(df), "run_id": df["run_id"].iloc[0]}
 
@@ -119,8 +123,6 @@ def _section_equivalence(store) -> dict[str, Any]:
     )
     img = None
     if not cos.empty:
-        from validation import plots
-
         img = plots.cosine_histograms(
             (f"{r.model} {r.comparison} {r.precision}/{r.backend}", list(r.c)) for r in cos.itertuples()
         )
@@ -148,9 +150,8 @@ def _section_packing(store) -> dict[str, Any]:
         FROM stage_metrics WHERE run_id = ? AND packing_efficiency IS NOT NULL GROUP BY ALL ORDER BY 1""",
         [rid],
     )
-    from validation import plots
 
-    return {"img": plots.packing_efficiency(df), "rows": _records(df), "run_id": rid}
+    return {"img": plots.packing_efficiency_bars(df), "rows": _records(df), "run_id": rid}
 
 
 def _section_stages(store) -> dict[str, Any]:
@@ -165,7 +166,6 @@ def _section_stages(store) -> dict[str, Any]:
     )
     if df.empty:
         return {"img": None, "rows": [], "run_id": rid}
-    from validation import plots
 
     total = float(df["seconds"].sum())
     df["share"] = df["seconds"] / total if total else None
@@ -213,8 +213,6 @@ def _section_benchmarks(store) -> dict[str, Any]:
     img = None
     n_trend_runs = 0
     if not trend.empty:
-        from validation import plots
-
         trend["name"] = [f"{_module(f)}::{f.split('::', 1)[-1]}" for f in trend["fullname"]]
         img = plots.benchmark_trends(trend)
         n_trend_runs = int(trend["started_at"].nunique())
@@ -282,8 +280,6 @@ def _section_e2e(store) -> dict[str, Any]:
     runs = _e2e_runs(zip(rows["metric"], rows["value"], strict=True))
     img = None
     if any(r["stages"] for r in runs):
-        from validation import plots
-
         img = plots.e2e_stage_bars(runs)
     return {
         "run_id": run_id,
@@ -297,9 +293,6 @@ def _section_records(run_dir: str | Path | None) -> dict[str, Any]:
     """The per-record score plot of one predict output directory (``pipeline.classify.plots.plot_run``)."""
     if run_dir is None:
         return {"run_dir": None, "img": None}
-    import base64
-
-    from pipeline.classify.plots import plot_run
 
     png = plot_run(run_dir)
     return {"run_dir": str(run_dir), "img": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
@@ -321,9 +314,6 @@ def collect(
     run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, as plain Python data (figures as data URIs)."""
-    from validation.metrics_store import SCHEMA_VERSION, MetricsStore
-    from validation.regression import DEFAULT_POLICY, check_regressions, describe_change, regressed_names
-
     store = MetricsStore(db_path)
     runs = store.query(
         "SELECT run_id, kind, source, started_at, git_commit, host, device_name, device_count "
@@ -367,7 +357,6 @@ def render_html(data: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters.update(num=_fmt_num, cos=_fmt_cos, pct=_fmt_pct, frac=_fmt_frac)
-    from pipeline.core.runinfo import utc_now
 
     return env.get_template(TEMPLATE_NAME).render(generated_at=utc_now(), **data)
 
@@ -426,8 +415,6 @@ def verdict_line(run_dir: str | Path) -> str:
         parts.append("equivalence not run")
     reg_path = validation / "regressions.json"
     if reg_path.is_file():
-        from validation.regression import regressed_names
-
         rows = json.loads(reg_path.read_text())
         names = regressed_names(rows)
         if names:

@@ -57,7 +57,7 @@ SMOKE_DEFAULTS = {
 }
 
 
-def synthetic_frames(n: int, seed: int = 0, full_aa: int = 166, full_fraction: float = 0.7):
+def short_read_frame_table(n: int, seed: int = 0, full_aa: int = 166, full_fraction: float = 0.7):
     """Short-read frames like 500 bp chunks give: ``full_fraction`` full-length (166 aa / 499 nt),
     the rest uniform 20..165 aa (record ends). Returns a pyarrow table ``id, nucleotide, protein``."""
     import pyarrow as pa
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for kind in kinds:
             model = models[kind] or defaults[kind]["model"]
-            table = synthetic_frames(frames[kind] or defaults[kind]["frames"], seed=args.seed)
+            table = short_read_frame_table(frames[kind] or defaults[kind]["frames"], seed=args.seed)
             base = None
             for n in counts:
                 print(f"[scaling] {kind} {model}: {n} device(s), {table.num_rows} frames", flush=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.classify.merge import chunk_ids, chunk_table, read_scores
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.core.errors import OutputIntegrityError
 from pipeline.core.paths import read_json_state
@@ -96,8 +97,6 @@ def plot_run(
 ) -> bytes:
     """`plot_record_scores` for a finished predict output directory (``frame_scores.parquet`` +
     ``chunked.fa``); the chunk size defaults to the one in ``run_record.json`` (else 500)."""
-    from pipeline.classify.merge import chunk_ids, chunk_table, read_scores
-
     root = Path(run_dir)
     if chunk_size is None:
         chunk_size = 500

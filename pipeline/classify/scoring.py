@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from pipeline.classify.mlp import MLPClassifier, load_classifier
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import NumericalError, OutputIntegrityError
+from pipeline.embed.parts import open_embeddings
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from pipeline.classify.mlp import MLPClassifier
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ def score_frames(
     Returns:
         ``(N, 2) float32``: column 0 = P(others) ("score1"), column 1 = P(virus) ("score2").
     """
-    import torch
-
     dna_pos = join_positions(frames, dna_ids, "DNABERT-S")
     prot_pos = join_positions(frames, protein_ids, "ESM-2")
     n = len(frames)
@@ -154,8 +153,6 @@ def write_scores(frames: Sequence[str], scores: np.ndarray, out_path: str | Path
 
 
 def _open(dirs: Sequence[str | Path]):
-    from pipeline.embed.parts import open_embeddings
-
     return open_embeddings([Path(d) for d in dirs])
 
 
@@ -185,8 +182,6 @@ def classify(
     dna = _open(dnabert_dirs)
     prot = _open(esm_dirs)
     if isinstance(classifier, (str, Path)):
-        from pipeline.classify.mlp import load_classifier
-
         width = int(dna.vectors.shape[1]) + int(prot.vectors.shape[1])
         classifier = load_classifier(classifier, width)
     scores = score_frames(

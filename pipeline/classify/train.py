@@ -24,8 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from pipeline.classify.mlp import MLPClassifier
+from pipeline.classify.scoring import frame_ids, join_positions
 from pipeline.core.errors import ConfigError, InputError
+from pipeline.embed.parts import open_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +149,6 @@ def train(
     Returns:
         `TrainResult`; ``metrics`` are on the held-out set with the restored best weights.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from pipeline.classify.mlp import MLPClassifier
-
     cfg = cfg or TrainConfig()
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels).astype(np.int64)
@@ -258,9 +258,6 @@ def load_features(run_dir: str | Path) -> tuple[np.ndarray, int, int]:
 
     Returns ``(features (N, D_dna + D_prot) float32, D_dna, D_prot)``; the join is by id.
     """
-    from pipeline.classify.scoring import frame_ids, join_positions
-    from pipeline.embed.parts import open_embeddings
-
     root = Path(run_dir)
     frames = frame_ids(root)
     dirs = {

@@ -25,6 +25,7 @@ import torch
 
 from pipeline.core.errors import InputError
 from pipeline.models.base import Tokenizer
+from pipeline.models.packing import cumulative_lengths
 
 SHARD_COLUMNS = ("id", "nucleotide", "protein")
 #: Rows per tokenization work item: large enough to amortise IPC, small enough to balance.
@@ -236,8 +237,7 @@ def collate_packed(arena: TokenArena, rows: np.ndarray) -> PackedBatch:
     rows = np.asarray(rows, dtype=np.int64)
     starts = arena.offsets[rows]
     lens = arena.offsets[rows + 1] - starts
-    cu = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(lens, out=cu[1:])
+    cu = cumulative_lengths(lens)
     total = int(cu[-1])
     # position t of the batch reads arena[starts[b] + (t - cu[b])] for the row b that covers t
     index = np.repeat(starts - cu[:-1], lens) + np.arange(total, dtype=np.int64)

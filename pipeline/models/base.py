@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.core.errors import NumericalError
+
 ModelKind = Literal["esm2", "dnabert-s"]
 
 #: ``--precision`` name -> compute dtype.
@@ -127,8 +129,6 @@ class FiniteMonitor:
         self._batches += 1
 
     def check(self, context: str, *, precision: str, backend: str) -> None:
-        from pipeline.core.errors import NumericalError
-
         bad, first, batches = bool(self._bad.item()), int(self._first.item()), self._batches
         self.reset()
         if bad:

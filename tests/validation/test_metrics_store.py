@@ -167,14 +167,21 @@ def test_migration_renames_old_cosine_percentile_rows(tmp_path):
     db = tmp_path / "m.duckdb"
     store = MetricsStore(db)
     with store.connect() as con:  # a version-1 database holding an old-key row
-        con.execute("DELETE FROM schema_version WHERE version > 1")
+        con.execute("DELETE FROM schema_version WHERE version > 1")  # as before migration 2
         con.execute(
             "INSERT INTO device_benchmarks VALUES ('r1', 'b', 'equivalence.bf16.cos_p0.1', 0.9991), "
-            "('r1', 'b', 'goals.bf16_cos_min>=0.999', 1.0)"
+            "('r1', 'b', 'goals.bf16_cos_min>=0.999', 1.0), ('r1', 'b', 'spot_check.min_cosine', 0.9), "
+            "('r1', 'b', 'spot_check.max_abs_diff', 0.5), ('r1', 'b', 'spot_check.rows_checked', 256)"
         )
     assert MetricsStore(db).schema_version() == SCHEMA_VERSION
     got = dict(store.query("SELECT metric, value FROM device_benchmarks").itertuples(index=False))
-    assert got == {"equivalence.bf16.cos_p001": 0.9991, "goals.bf16_cos_min>=0.999": 1.0}
+    assert got == {
+        "equivalence.bf16.cos_p001": 0.9991,
+        "goals.bf16_cos_min>=0.999": 1.0,
+        "spot_check.cos_min": 0.9,
+        "spot_check.max_abs": 0.5,
+        "spot_check.n": 256.0,
+    }
 
 
 def test_committed_gpu_results_use_the_current_keys_after_ingest(tmp_path):
@@ -183,7 +190,8 @@ def test_committed_gpu_results_use_the_current_keys_after_ingest(tmp_path):
     store.ingest_files(sorted(results.glob("*device*.json")))
     metrics = store.query("SELECT DISTINCT metric FROM device_benchmarks")["metric"].tolist()
     assert any(m.endswith(".cos_p001") for m in metrics)
-    assert not any("cos_p0.1" in m for m in metrics)
+    assert any(m.startswith("spot_check_vs_direct_forward.cos_min") for m in metrics)
+    assert not any(old in m for m in metrics for old in ("cos_p0.1", "min_cosine", "max_abs_diff"))
 
 
 @pytest.mark.parametrize("doc", [[1, 2], {"hello": 1}])
