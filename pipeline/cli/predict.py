@@ -98,6 +98,7 @@ def build_predict_config(
     resume: bool,
     demo: bool,
     settings: Settings,
+    keep_embeddings: bool = False,
 ) -> PredictConfig:
     """Options -> `PredictConfig` (built by `pipeline.run.predict.make_predict_config`)."""
     from pipeline.run.predict import make_predict_config
@@ -118,6 +119,7 @@ def build_predict_config(
         resume=resume,
         demo=demo,
         progress=settings.progress,
+        keep_embeddings=keep_embeddings,
     )
 
 
@@ -138,6 +140,12 @@ def build_predict_config(
     metavar="PATH|random",
     help="Original VirNucPro 300_model.pth/500_model.pth, a .safetensors file from "
     "`virnucpro train`, or 'random' (meaningless scores). Required unless --demo.",
+)
+@click.option(
+    "--keep-embeddings",
+    is_flag=True,
+    help="Also write both models' pooled embeddings (float32) to OUT/embeddings/; by default the "
+    "classifier runs on the GPU right after the embeddings and they are not written.",
 )
 @embedding_options
 @click.pass_context

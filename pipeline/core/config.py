@@ -18,8 +18,25 @@ ATTENTION_BACKENDS = ("auto", "flash-attn", "torch-varlen", "flex", "sdpa", "ref
 DEFAULT_ESM_MODEL = "esm2_t36_3B_UR50D"
 DEFAULT_DNABERT_MODEL = "zhihan1996/DNABERT-S"
 DEFAULT_CHUNK_SIZE = 500
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One embedding model kind: its registry name, the shard column it embeds, a display label."""
+
+    name: str
+    column: str
+    label: str
+
+
+#: The model-kind registry (the one list of kinds; everything else looks kinds up here). The order is
+#: the classifier's feature order: DNABERT-S first, then ESM-2, as the original concatenates them.
+MODEL_KINDS: tuple[ModelKind, ...] = (
+    ModelKind("dnabert-s", "nucleotide", "DNABERT-S"),
+    ModelKind("esm2", "protein", "ESM-2"),
+)
 #: Model kind -> the shard column it embeds.
-KIND_COLUMN = {"esm2": "protein", "dnabert-s": "nucleotide"}
+KIND_COLUMN = {k.name: k.column for k in MODEL_KINDS}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -63,7 +80,10 @@ class Settings:
             (default: chosen by the runner from the CPU count).
         token_budget: ``VIRNUCPRO_TOKEN_BUDGET`` - tokens per packed batch (default: chosen from
             model size and free device memory).
-        progress: ``VIRNUCPRO_PROGRESS`` - show progress bars (default on).
+        progress: ``VIRNUCPRO_PROGRESS`` - show progress (default on).
+        compile_cache_dir: ``VIRNUCPRO_COMPILE_CACHE`` - on-disk cache of compiled kernels
+            (TorchInductor and Triton), shared by the workers of a run and by later runs (default
+            ``$XDG_CACHE_HOME/virnucpro/compile``, else ``~/.cache/virnucpro/compile``).
     """
 
     disable_compile: bool = False
@@ -72,6 +92,7 @@ class Settings:
     num_workers: int | None = None
     token_budget: int | None = None
     progress: bool = True
+    compile_cache_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,7 +110,20 @@ class Settings:
             num_workers=_env_int(env, "VIRNUCPRO_NUM_WORKERS", None, minimum=0),
             token_budget=_env_int(env, "VIRNUCPRO_TOKEN_BUDGET", None, minimum=16),
             progress=_env_bool(env, "VIRNUCPRO_PROGRESS", True),
+            compile_cache_dir=_compile_cache_dir(env),
         )
+
+
+def _compile_cache_dir(env: Mapping[str, str]) -> Path:
+    raw = (env.get("VIRNUCPRO_COMPILE_CACHE") or "").strip()
+    if raw:
+        return Path(raw).expanduser()
+    base = (env.get("XDG_CACHE_HOME") or "").strip()
+    return (
+        (Path(base) if base else Path(env.get("HOME") or "~").expanduser() / ".cache")
+        / "virnucpro"
+        / "compile"
+    )
 
 
 def column_for_kind(kind: str) -> str:
@@ -178,6 +212,9 @@ class PredictConfig:
         token_budget / num_workers: forwarded to every `EmbedConfig`.
         resume: continue an interrupted run.
         demo: tiny random models and classifier (not biologically meaningful).
+        keep_embeddings: also write both models' pooled embeddings (``OUT/embeddings/<kind>/``);
+            off by default: the classifier runs on the GPU right after the embeddings.
+        part_size: frames per output part (the unit of writes and of ``--resume``).
     """
 
     input_path: Path
@@ -192,8 +229,12 @@ class PredictConfig:
     resume: bool = False
     demo: bool = False
     progress: bool = True
+    keep_embeddings: bool = False
+    part_size: int = 4096
 
     def __post_init__(self) -> None:
+        if self.part_size < 1:
+            raise ConfigError(f"part_size={self.part_size} must be >= 1")
         if self.chunk_size < 3:
             raise ConfigError(f"chunk_size={self.chunk_size} must be >= 3 (one codon)")
         if len(set(self.gpus)) != len(self.gpus):
@@ -207,6 +248,7 @@ class PredictConfig:
             device=device,
             token_budget=self.token_budget,
             num_workers=self.num_workers,
+            part_size=self.part_size,
             resume=self.resume,
             progress=self.progress,
         )
@@ -235,6 +277,8 @@ __all__ = [
     "DEFAULT_ESM_MODEL",
     "PRECISIONS",
     "KIND_COLUMN",
+    "MODEL_KINDS",
+    "ModelKind",
     "EmbedConfig",
     "EncoderConfig",
     "PredictConfig",

@@ -15,10 +15,8 @@ batches are queued, or at the end. SIGTERM/SIGINT finish the part being complete
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import threading
 import time
 from collections import deque
@@ -52,34 +50,6 @@ MAX_INFLIGHT = 4
 #: Part writes allowed to queue behind the writer thread before the loop waits.
 MAX_PENDING_WRITES = 2
 _ROW_ORDER = "token-length-desc-stable"
-
-
-# ----------------------------------------------------------------------------------------------
-# signals
-
-
-@contextlib.contextmanager
-def _stop_flag() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT set the flag (a second signal aborts at once). Main thread only."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, _frame: Any) -> None:
-        if flag.is_set():
-            raise KeyboardInterrupt(f"second signal {signum}: aborting without finishing the part")
-        log.warning("signal %d: finishing the current part, then stopping (rerun with --resume)", signum)
-        flag.set()
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +225,7 @@ def embed_shard(
     out_dir: Path | str,
     *,
     encoder: Any = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Embed one column of a shard into ``out_dir``; returns the run record (also written there).
 
@@ -267,12 +238,19 @@ def embed_shard(
         out_dir: the shard's output directory (created; must be empty unless ``cfg.resume``).
         encoder: an already loaded `PackedEncoder` on ``cfg.device`` (benchmarks reuse one);
             None = load it with `pipeline.models.registry.load_encoder(kind, cfg.encoder, device)`.
+        stop: set to stop after the part being completed (a worker passes its signal flag); None
+            installs SIGTERM/SIGINT handlers for this call (`StopSignals`; a second signal aborts).
     Raises:
         InputError, ConfigError, ResumeMismatchError, NumericalError (naming the part),
-        Interrupted (after SIGTERM/SIGINT; the parts written so far are complete).
+        Interrupted (after SIGTERM/SIGINT, also when the part being finished was the last one; the
+        parts written so far are complete and ``--resume`` continues exactly).
     """
-    with _stop_flag() as stop:
+    if stop is not None:
         return _embed_shard(Path(shard_path), column, kind, cfg, Path(out_dir), stop, encoder)
+    from pipeline.embed.multigpu.executor import StopSignals
+
+    with StopSignals(abort_on_second=True).installed() as signals:
+        return _embed_shard(Path(shard_path), column, kind, cfg, Path(out_dir), signals.event, encoder)
 
 
 def _embed_shard(
@@ -465,7 +443,8 @@ def _embed_shard(
             collect(True, executor)
             while pending:
                 pending.popleft()[1].result()
-            if stop.is_set() and parts.remaining:
+            if stop.is_set():
+                # also when the part being finished was the last one: the run stops here either way
                 status = "interrupted"
     finally:
         bar.close()
@@ -474,7 +453,7 @@ def _embed_shard(
     timings["write_s"] = write_seconds[0]
     idle = loop.idle_fraction()
 
-    if status == "complete":
+    if not parts.remaining:
         metadata["complete"] = True
         write_metadata(out_dir, metadata)
     embedded_rows = int(sum(part_rows[p].size for p in written))

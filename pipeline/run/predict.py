@@ -1,9 +1,13 @@
-"""A whole prediction run on one machine: prepare -> shard -> embed (DNABERT-S, ESM-2) -> classify -> merge.
+"""A whole prediction run on one machine: prepare -> shard -> score (DNABERT-S -> ESM-2 -> MLP) -> merge.
 
-On CPU (``cfg.gpus`` empty) everything runs in this process on one shard. With GPUs the frames are
-split into one length-balanced shard per GPU and `pipeline.embed.multigpu.coordinator.embed_all`
-runs one worker process per GPU (retries, redistribution, resume). Every stage's wall time lands in
-``OUT/run_record.json`` (schema ``virnucpro.run/1``, see docs/INTERNALS.md).
+The frames are split into one token-balanced shard per GPU (one shard on the CPU). Each shard is
+scored by one resident worker (`pipeline.embed.frames` through `pipeline.embed.multigpu`): the
+process loads DNABERT-S, ESM-2 and the classifier head once and takes its frames through all
+three, the fp32 head running on the GPU right after the embeddings; on the CPU the same code runs
+in this process. Embeddings are written only with ``keep_embeddings`` (``--keep-embeddings``).
+The scores are assembled into ``frame_scores.parquet`` in ``protein.faa`` order and merged into the
+original-format outputs. Every stage's time lands in ``OUT/run_record.json`` (schema
+``virnucpro.run/1``, `pipeline.core.run_record`).
 
 A file classifier is loaded before any embedding starts, so a wrong or unsafe ``--classifier``
 fails in seconds rather than after hours of GPU time.
@@ -20,21 +24,26 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.config import EmbedConfig, EncoderConfig, PredictConfig, Settings, is_random_classifier
+from pipeline.core.config import (
+    MODEL_KINDS,
+    EmbedConfig,
+    EncoderConfig,
+    PredictConfig,
+    Settings,
+    is_random_classifier,
+)
 from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
 from pipeline.core.paths import read_json_state
+from pipeline.core.run_record import stage_row
 
 log = logging.getLogger(__name__)
 
-RUN_SCHEMA = "virnucpro.run/1"
 DEMO_ESM_MODEL = "random:esm2_t6_8M_UR50D"
 DEMO_DNABERT_MODEL = "random:dnabert-s-tiny"
 DEMO_CLASSIFIER = "random"
 DEMO_NOTE = (
     "DEMO RUN: random-weight encoders and a random classifier; the scores are NOT biologically meaningful"
 )
-# (kind, shard column); DNABERT-S first, matching the concatenation order of the features.
-KINDS: tuple[tuple[str, str], ...] = (("dnabert-s", "nucleotide"), ("esm2", "protein"))
 
 
 def demo_config(cfg: PredictConfig) -> PredictConfig:
@@ -64,6 +73,7 @@ def make_predict_config(
     resume: bool = False,
     demo: bool = False,
     progress: bool = True,
+    keep_embeddings: bool = False,
 ) -> PredictConfig:
     """The `PredictConfig` of a run, built the same way by the CLI and the DAG tasks.
 
@@ -85,26 +95,9 @@ def make_predict_config(
         resume=resume,
         demo=demo,
         progress=progress,
+        keep_embeddings=keep_embeddings,
     )
     return demo_config(cfg) if demo else cfg
-
-
-def stage_row(stage: str, seconds: float, **extra: Any) -> dict[str, Any]:
-    """A stage row of the run record (the keys of docs/INTERNALS.md)."""
-    row: dict[str, Any] = {
-        "stage": stage,
-        "model": None,
-        "seconds": round(seconds, 6),
-        "sequences": None,
-        "tokens": None,
-        "tokens_per_s": None,
-        "packing_efficiency": None,
-        "backend": None,
-        "precision": None,
-        "device": None,
-    }
-    row.update(extra)
-    return row
 
 
 @dataclass
@@ -123,9 +116,8 @@ def encoder_embed_config(
     cfg: PredictConfig, encoder: EncoderConfig, device: str, settings: Settings
 ) -> EmbedConfig:
     """The `EmbedConfig` of one encoder of ``cfg`` on ``device``, with the process settings applied
-    (compile off under ``disable_compile``; token budget / workers when the config leaves them unset)."""
-    if settings.disable_compile and encoder.compile:
-        encoder = replace(encoder, compile=False)
+    (token budget / workers when the config leaves them unset; the compile override was applied
+    when the config was built, in `make_predict_config`)."""
     embed_cfg = cfg.embed_config(encoder, device)
     changes: dict[str, Any] = {}
     if embed_cfg.token_budget is None and settings.token_budget is not None:
@@ -215,62 +207,20 @@ def embed_run(cfg: PredictConfig, settings: Settings) -> EmbeddedRun:
     Returns the embedding directories per kind and the stage rows. With ``cfg.resume`` embedding
     continues from the finished parts of an earlier run into the same directory.
     """
-    from pipeline.prepare.stage import prepare
-
     if cfg.demo and cfg.esm.model != DEMO_ESM_MODEL:
         cfg = demo_config(cfg)
     out = Path(cfg.output_dir)
-    embeddings = out / "embeddings"
-    if not cfg.resume and embeddings.is_dir() and any(embeddings.iterdir()):
-        # checked before prepare rewrites anything, so a forgotten --resume costs nothing
-        raise ConfigError(
-            f"{out} already holds embeddings from an earlier run; pass --resume to continue "
-            "it, or choose an empty output directory"
-        )
-    inputs = preflight(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    run = EmbeddedRun(root=out, frames=0)
-
-    # Prepare and shard run again on --resume too: both are deterministic and cheap next to
-    # embedding. `preflight` has already refused a different input or chunk size, and the embed
-    # stage would still refuse parts whose input fingerprint does not match.
-    t0 = time.perf_counter()
-    prepared = prepare(cfg.input_path, out, cfg.chunk_size, progress=cfg.progress and settings.progress)
-    atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
-    stats = asdict(prepared.stats) if prepared.stats is not None else {}
-    run.prepare_stats = stats
-    run.stages.append(
-        stage_row(
-            "prepare",
-            time.perf_counter() - t0,
-            sequences=stats.get("records"),
-            chunks=stats.get("chunks"),
-            frames=stats.get("frames"),
-            bases=stats.get("bases"),
-            device="cpu",
-        )
+    prepared = prepare_and_shard(cfg, settings, outputs=("embeddings",))
+    run = EmbeddedRun(
+        root=out, frames=prepared.frames, stages=list(prepared.stages), prepare_stats=prepared.prepare_stats
     )
-    from pipeline.classify.scoring import frame_ids
-
-    run.frames = len(frame_ids(out))
-    if run.frames == 0:
-        log.warning(
-            "no frame of %s survived six-frame translation (every frame has a stop codon, or "
-            "the sequences are shorter than one codon); nothing to embed",
-            cfg.input_path,
-        )
+    if not prepared.frames:
         return run
-
-    from pipeline.prepare.shard import write_shards
-
-    n_shards = max(1, len(cfg.gpus))
-    shard_dir = out / "shards"
-    t0 = time.perf_counter()
-    shards = [Path(p) for p in write_shards(out, n_shards, shard_dir)]
-    run.stages.append(stage_row("shard", time.perf_counter() - t0, shards=len(shards)))
+    shards = prepared.shards
 
     encoders = {"dnabert-s": cfg.dnabert, "esm2": cfg.esm}
-    for kind, column in KINDS:
+    for model_kind in MODEL_KINDS:
+        kind, column = model_kind.name, model_kind.column
         encoder = encoders[kind]
         kind_root = out / "embeddings" / kind
         t0 = time.perf_counter()
@@ -340,15 +290,271 @@ def _check_classifier_fit(clf, cfg: PredictConfig) -> None:
             )
 
 
+@dataclass(frozen=True)
+class ClassifierHead:
+    """The classifier head for the frame runner (picklable: workers build it themselves).
+
+    ``spec`` is a ``--classifier`` value (``.pth``, ``.safetensors``, ``random[:seed]``); called
+    with the feature width it returns the `MLPClassifier` on the CPU (the runner moves it to the
+    device and runs it in fp32).
+    """
+
+    spec: str
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+    def __call__(self, width: int) -> Any:
+        from pipeline.classify.mlp import load_classifier
+
+        return load_classifier(self.spec, width)
+
+
+@dataclass
+class PreparedRun:
+    """What `prepare_and_shard` produced."""
+
+    root: Path
+    frames: int
+    shards: list[Path] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    prepare_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_and_shard(cfg: PredictConfig, settings: Settings, *, outputs: tuple[str, ...]) -> PreparedRun:
+    """prepare -> shard into ``cfg.output_dir``: one token-balanced shard per GPU (one on the CPU).
+
+    ``outputs`` names the subdirectories an earlier run would have filled (``scores``,
+    ``embeddings``): without ``--resume`` a run that finds them refuses before prepare rewrites
+    anything, so a forgotten ``--resume`` costs nothing.
+    """
+    from pipeline.classify.scoring import frame_ids
+    from pipeline.prepare.shard import write_shards
+    from pipeline.prepare.stage import prepare
+
+    out = Path(cfg.output_dir)
+    for name in outputs:
+        if not cfg.resume and (out / name).is_dir() and any((out / name).iterdir()):
+            raise ConfigError(
+                f"{out} already holds {name} from an earlier run; pass --resume to continue "
+                "it, or choose an empty output directory"
+            )
+    inputs = preflight(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    run = PreparedRun(root=out, frames=0)
+
+    # Prepare and shard run again on --resume too: both are deterministic and cheap next to
+    # embedding. `preflight` has already refused a different input or chunk size, and the runners
+    # would still refuse parts whose input fingerprint does not match.
+    t0 = time.perf_counter()
+    prepared = prepare(cfg.input_path, out, cfg.chunk_size, progress=cfg.progress and settings.progress)
+    atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
+    stats = asdict(prepared.stats) if prepared.stats is not None else {}
+    run.prepare_stats = stats
+    run.stages.append(
+        stage_row(
+            "prepare",
+            time.perf_counter() - t0,
+            sequences=stats.get("records"),
+            chunks=stats.get("chunks"),
+            frames=stats.get("frames"),
+            bases=stats.get("bases"),
+            device="cpu",
+        )
+    )
+    run.frames = len(frame_ids(out))
+    if run.frames == 0:
+        log.warning(
+            "no frame of %s survived six-frame translation (every frame has a stop codon, or "
+            "the sequences are shorter than one codon); nothing to embed",
+            cfg.input_path,
+        )
+        return run
+    t0 = time.perf_counter()
+    run.shards = [Path(p) for p in write_shards(out, max(1, len(cfg.gpus)), out / "shards")]
+    run.stages.append(stage_row("shard", time.perf_counter() - t0, shards=len(run.shards)))
+    return run
+
+
+def frame_job(cfg: PredictConfig, settings: Settings, device: str) -> Any:
+    """The `FrameJob` of a run on ``device`` (configs already carry the compile override)."""
+    from pipeline.embed.frames import FrameJob
+
+    return FrameJob(
+        dnabert=cfg.dnabert,
+        esm=cfg.esm,
+        head=ClassifierHead(str(cfg.classifier)),
+        device=device,
+        token_budget=cfg.token_budget if cfg.token_budget is not None else settings.token_budget,
+        part_size=cfg.part_size,
+        resume=cfg.resume,
+        keep_embeddings=cfg.keep_embeddings,
+        embeddings_root=Path(cfg.output_dir) / "embeddings",
+    )
+
+
+def shard_stage_rows(result: Mapping[str, Any], cfg: PredictConfig) -> list[dict[str, Any]]:
+    """One ``embed`` row per model of a shard's `ShardResult` (seconds = that model's device
+    seconds; tokens/s over them), in feature order."""
+    encoders = {"dnabert-s": cfg.dnabert, "esm2": cfg.esm}
+    rows = []
+    for kind in MODEL_KINDS:
+        m = (result.get("models") or {}).get(kind.name) or {}
+        seconds = m.get("device_seconds")
+        tokens = int(m.get("tokens") or 0)
+        rows.append(
+            stage_row(
+                "embed",
+                float(seconds or 0.0),
+                model=encoders[kind.name].model,
+                sequences=m.get("sequences"),
+                tokens=tokens,
+                tokens_per_s=round(tokens / seconds, 1) if seconds else None,
+                backend=m.get("backend"),
+                precision=m.get("precision"),
+                device=result.get("device"),
+                kind=kind.name,
+                shard=result.get("shard"),
+                device_seconds=seconds,
+                token_budget=m.get("token_budget"),
+                batches=m.get("batches"),
+                gpu_busy_fraction=result.get("busy_fraction"),
+                parts_written=result.get("parts_written"),
+                parts_skipped=result.get("parts_skipped"),
+            )
+        )
+    rows[-1]["head_device_seconds"] = result.get("head_device_seconds")
+    return rows
+
+
+@dataclass
+class ScoredRun:
+    """What `score_run` produced: score part directories, stage rows, the workers' summary."""
+
+    dirs: list[Path] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, Any] = field(default_factory=dict)
+    head_seconds: float = 0.0
+
+
+def score_run(cfg: PredictConfig, settings: Settings, prepared: PreparedRun) -> ScoredRun:
+    """Score every shard: one resident worker per GPU (`score_all`), or this process on the CPU
+    (the same `FrameWork` the workers run). Shows one progress display for the whole run."""
+    from pipeline.embed.multigpu.executor import StopSignals
+    from pipeline.embed.multigpu.worker import FrameWork, use_compile_cache
+    from pipeline.embed.progress import ProgressFile, RunProgress
+
+    root = Path(cfg.output_dir) / "scores"
+    progress = RunProgress(prepared.frames, enabled=cfg.progress and settings.progress)
+    t0 = time.perf_counter()
+    try:
+        if not cfg.gpus:
+            shard = prepared.shards[0]
+            job = frame_job(cfg, settings, "cpu")
+            use_compile_cache(settings.compile_cache_dir)
+            with StopSignals(abort_on_second=True).installed() as stop:
+                result = FrameWork(job).run(
+                    shard,
+                    root / shard.stem,
+                    device="cpu",
+                    resume=cfg.resume,
+                    stop=stop.event,
+                    progress=ProgressFile(None, callback=lambda p: progress.update(shard.stem, p)),
+                )
+            records = [result]
+            summary: dict[str, Any] = {
+                "output_dirs": [str(root / shard.stem)],
+                "workers": [],
+                "retries": 0,
+                "failures": 0,
+                "redistributions": [],
+            }
+        else:
+            from pipeline.embed.multigpu.coordinator import score_all
+
+            summary = score_all(
+                prepared.shards,
+                frame_job(cfg, settings, "cuda"),
+                list(cfg.gpus),
+                root,
+                progress=progress,
+                compile_cache_dir=settings.compile_cache_dir,
+            )
+            records = list(summary.get("records") or [])
+    finally:
+        progress.close()
+    wall = time.perf_counter() - t0
+    run = ScoredRun(dirs=[Path(p) for p in summary.get("output_dirs", [])])
+    for result in records:
+        run.stages += shard_stage_rows(result, cfg)
+        run.head_seconds += float(result.get("head_device_seconds") or 0.0)
+    per_worker = summary.get("workers") or [
+        {
+            "worker": 0,
+            "device": "cpu",
+            "tasks": [Path(r["shard"]).stem for r in records],
+            "gpu_busy_fraction": r.get("busy_fraction"),
+            "embed_started_at": r.get("started_at"),
+            "embed_finished_at": r.get("finished_at"),
+        }
+        for r in records
+    ]
+    for w in per_worker:
+        loads = [
+            float((r.get("timings") or {}).get("load_models_s") or 0.0)
+            for r in records
+            if Path(r.get("out_dir", "")).name in w.get("tasks", [])
+        ]
+        w["load_seconds"] = round(max(loads), 3) if loads else None
+    run.workers = {
+        "wall_seconds": round(wall, 3),
+        "gpus": list(cfg.gpus),
+        "n_workers": max(1, len(cfg.gpus)),
+        "embed_window_seconds": summary.get("embed_window_seconds"),
+        "finish_spread_seconds": summary.get("finish_spread_seconds"),
+        "retries": summary.get("retries", 0),
+        "failures": summary.get("failures", 0),
+        "redistributions": summary.get("redistributions", []),
+        "per_worker": per_worker,
+    }
+    if not cfg.gpus and records:
+        r = records[0]
+        if r.get("started_at") and r.get("finished_at"):
+            run.workers["embed_window_seconds"] = round(r["finished_at"] - r["started_at"], 3)
+        run.workers["finish_spread_seconds"] = 0.0
+    return run
+
+
+def assemble_scores(prepared_dir: Path, score_dirs: list[Path], out_path: Path) -> int:
+    """Write ``frame_scores.parquet`` in ``protein.faa`` order from the score part directories;
+    returns the number of frames. Fails (`OutputIntegrityError`) unless every frame has exactly
+    one score."""
+    import numpy as np
+
+    from pipeline.classify.scoring import frame_ids, join_positions, write_scores
+    from pipeline.embed.frames import read_scores
+
+    frames = frame_ids(prepared_dir)
+    if not frames:
+        write_scores([], np.empty((0, 2), dtype=np.float32), out_path)
+        return 0
+    ids, scores = read_scores(score_dirs)
+    write_scores(frames, scores[join_positions(frames, ids, "score")], out_path)
+    return len(frames)
+
+
 def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
     """Run the whole pipeline; write the original-format outputs and ``run_record.json``.
 
-    Returns the run record (also written to ``OUT/run_record.json``) with ``outputs`` (name -> path)
-    and ``counts`` added.
+    Returns the run record (also written to ``OUT/run_record.json``) with ``outputs`` (name -> path),
+    ``counts`` and ``workers`` (wall time of the scoring phase, per-worker GPU busy fraction, the
+    spread of the workers' finish times).
     """
     from pipeline.classify.merge import merge
     from pipeline.classify.mlp import load_classifier, meta_dict
-    from pipeline.classify.scoring import SCORES_FILE, classify, write_scores
+    from pipeline.classify.scoring import SCORES_FILE
+    from pipeline.core.run_record import RunRecord, StageRow, write_run_record
     from pipeline.core.runinfo import environment_info, new_run_id, utc_now
 
     if cfg.demo:
@@ -365,59 +571,61 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
         classifier = load_classifier(cfg.classifier)  # fail before any embedding work
         _check_classifier_fit(classifier, cfg)
 
-    run = embed_run(cfg, settings)
-    stages = list(run.stages)
+    prepared = prepare_and_shard(cfg, settings, outputs=("scores", "embeddings"))
+    stages = list(prepared.stages)
+    scored = ScoredRun()
+    if prepared.frames:
+        scored = score_run(cfg, settings, prepared)
+        stages += scored.stages
     scores_path = out / SCORES_FILE
-    mlp_device = f"cuda:{cfg.gpus[0]}" if cfg.gpus else "cpu"
     t0 = time.perf_counter()
-    if run.frames == 0:
-        import numpy as np
-
-        write_scores([], np.empty((0, 2), dtype=np.float32), scores_path)
-    else:
-        classify(out, run.dirs["dnabert-s"], run.dirs["esm2"], classifier, scores_path, device=mlp_device)
+    assemble_scores(out, scored.dirs, scores_path)
+    # the head ran on the GPU inside the workers: its device seconds plus the assembly
     stages.append(
         stage_row(
             "classify",
-            time.perf_counter() - t0,
+            time.perf_counter() - t0 + scored.head_seconds,
             model=str(cfg.classifier),
-            sequences=run.frames,
-            device=mlp_device,
+            sequences=prepared.frames,
+            device=f"cuda:{cfg.gpus[0]}" if cfg.gpus else "cpu",
             precision="fp32",
+            head_device_seconds=round(scored.head_seconds, 6),
         )
     )
     t0 = time.perf_counter()
     outputs = merge(scores_path, out, out)
-    stages.append(stage_row("merge", time.perf_counter() - t0, sequences=run.frames))
+    stages.append(stage_row("merge", time.perf_counter() - t0, sequences=prepared.frames))
 
     counts = _counts(outputs)
-    counts["frames"] = run.frames
-    record: dict[str, Any] = {
-        "schema": RUN_SCHEMA,
-        "run_id": run_id,
-        "kind": "predict",
-        "started_at": started,
-        "finished_at": utc_now(),
-        "environment": environment_info(),
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-        "stages": stages,
+    counts["frames"] = prepared.frames
+    extra: dict[str, Any] = {
         "demo": bool(cfg.demo),
         "classifier": (
             meta_dict(classifier) if not isinstance(classifier, str) else {"source": "random", "path": None}
         ),
         "outputs": {name: str(path) for name, path in outputs.items()},
-        "embed_summaries": run.embed_summaries,
+        "workers": scored.workers,
         "counts": counts,
     }
     if cfg.demo:
-        record["note"] = DEMO_NOTE
-    if run.frames == 0:
+        extra["note"] = DEMO_NOTE
+    if prepared.frames == 0:
         empty = "no frame survived six-frame translation; outputs hold headers only"
-        record["note"] = f"{record['note']}; {empty}" if cfg.demo else empty
-    atomic_write_text(out / "run_record.json", json.dumps(record, indent=2, default=str))
+        extra["note"] = f"{extra['note']}; {empty}" if cfg.demo else empty
+    record = RunRecord(
+        run_id=run_id,
+        kind="predict",
+        started_at=started,
+        finished_at=utc_now(),
+        environment=environment_info(),
+        config=json.loads(json.dumps(asdict(cfg), default=str)),
+        stages=[StageRow.from_dict(s) for s in stages],
+        extra=extra,
+    )
+    write_run_record(out / "run_record.json", record)
     log.info(
         "predict finished: %d frames, %d chunks (%d viral), %d records -> %s",
-        run.frames,
+        prepared.frames,
         counts["chunks"],
         counts["viral_chunks"],
         counts["records"],
@@ -425,7 +633,7 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
     )
     if cfg.demo:
         log.warning(DEMO_NOTE)
-    return record
+    return record.to_dict()
 
 
 def _counts(outputs: dict[str, Path]) -> dict[str, int]:
@@ -444,12 +652,20 @@ def _counts(outputs: dict[str, Path]) -> dict[str, int]:
 
 __all__ = [
     "DEMO_NOTE",
+    "ClassifierHead",
     "EmbeddedRun",
+    "PreparedRun",
+    "ScoredRun",
+    "assemble_scores",
     "demo_config",
     "embed_run",
     "embed_stage_rows",
     "encoder_embed_config",
+    "frame_job",
     "make_predict_config",
+    "prepare_and_shard",
     "run_predict",
+    "score_run",
+    "shard_stage_rows",
     "stage_row",
 ]

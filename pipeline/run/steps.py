@@ -27,16 +27,18 @@ from pipeline.core.config import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DNABERT_MODEL,
     DEFAULT_ESM_MODEL,
+    MODEL_KINDS,
     PRECISIONS,
     PredictConfig,
     Settings,
     is_random_classifier,
 )
 from pipeline.core.errors import ConfigError
-from pipeline.run.predict import KINDS, embed_stage_rows, encoder_embed_config, make_predict_config, stage_row
+from pipeline.core.run_record import stage_row
+from pipeline.run.predict import encoder_embed_config, make_predict_config
 
-# (kind, shard column): both encoders run in the same task, DNABERT-S first as in `run_predict`.
-EMBED_KINDS = KINDS
+# (kind, shard column) from the model-kind registry, in feature order (DNABERT-S first).
+EMBED_KINDS: tuple[tuple[str, str], ...] = tuple((k.name, k.column) for k in MODEL_KINDS)
 
 GPU_POOL = "gpu"
 GPU_QUEUE = "gpu"
@@ -76,6 +78,13 @@ class RunLayout:
 
     def shard_embeddings(self, kind: str, shard_path: str | Path) -> Path:
         return self.embeddings(kind) / Path(shard_path).stem
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    def shard_scores(self, shard_path: str | Path) -> Path:
+        return self.scores / Path(shard_path).stem
 
     @property
     def frame_scores(self) -> Path:
@@ -279,14 +288,18 @@ def embed_config_for(cfg: PredictConfig, kind: str, device: str, settings: Setti
 def embed_step(
     params: Mapping[str, Any], run_dir: str | Path, shard_path: str, map_index: int, try_number: int = 1
 ) -> list[str]:
-    """Embed one shard with DNABERT-S then ESM-2 on the device of its slot; returns the output dirs.
+    """Score one shard (DNABERT-S -> ESM-2 -> classifier head) on the device of its slot, with the
+    code a resident worker of ``virnucpro predict`` runs (`FrameWork`); returns the output dirs
+    (the shard's score parts, plus its embedding parts when ``keep_embeddings`` is set).
 
     A retry (``try_number > 1``) resumes from the parts the failed try finished, so a retried task
     ends with the same files as an uninterrupted one.
     """
     import torch
 
-    from pipeline.embed.runner import embed_shard
+    from pipeline.embed.multigpu.executor import StopSignals
+    from pipeline.embed.multigpu.worker import FrameWork, use_compile_cache
+    from pipeline.run.predict import frame_job, shard_stage_rows
 
     settings = Settings.from_env()
     cfg = predict_config(params, run_dir, settings)
@@ -294,51 +307,45 @@ def embed_step(
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = device_for_slot(map_index, int(params.get("gpu_slots", 0)), cuda)
     layout = RunLayout(Path(run_dir))
-    outputs: list[str] = []
-    rows: list[dict[str, Any]] = []
-    for kind, column in EMBED_KINDS:
-        embed_cfg = replace(embed_config_for(cfg, kind, device, settings), resume=resume)
-        target = layout.shard_embeddings(kind, shard_path)
-        start = time.perf_counter()
-        record = embed_shard(Path(shard_path), column, kind, embed_cfg, target)
-        rows += embed_stage_rows(
-            record,
-            kind,
-            embed_cfg.encoder.model,
-            time.perf_counter() - start,
-            device,
-            embed_cfg.encoder.precision,
-        )
-        outputs.append(str(target))
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()  # hand the first encoder's memory to the second
-    _write_stages(layout, f"embed-{Path(shard_path).stem}", rows)
-    return outputs
+    job = replace(frame_job(cfg, settings, device), resume=resume)
+    use_compile_cache(settings.compile_cache_dir)
+    target = layout.shard_scores(shard_path)
+    with StopSignals(abort_on_second=True).installed() as stop:
+        result = FrameWork(job).run(Path(shard_path), target, device=device, resume=resume, stop=stop.event)
+    _write_stages(layout, f"embed-{Path(shard_path).stem}", shard_stage_rows(result, cfg))
+    return [str(target), *result.get("embedding_dirs", {}).values()]
 
 
 def classify_step(params: Mapping[str, Any], run_dir: str | Path, shard_paths: Sequence[str]) -> str:
-    """Score every frame from the embeddings of ``shard_paths``; returns the frame-scores path."""
-    from pipeline.classify.scoring import classify, frame_ids
+    """Assemble the frame scores the embed tasks wrote (``scores/<shard>``) into
+    ``frame_scores.parquet`` in ``protein.faa`` order; returns its path. The classifier head
+    already ran on each embed task's device, right after the embeddings."""
+    from pipeline.run.predict import assemble_scores
 
     cfg = predict_config(params, run_dir)
     layout = RunLayout(Path(run_dir))
-    dirs = {kind: [layout.shard_embeddings(kind, p) for p in shard_paths] for kind, _ in EMBED_KINDS}
     start = time.perf_counter()
-    out = classify(layout.root, dirs["dnabert-s"], dirs["esm2"], cfg.classifier, layout.frame_scores)
+    frames = assemble_scores(layout.root, [layout.shard_scores(p) for p in shard_paths], layout.frame_scores)
+    head = sum(
+        float(r.get("head_device_seconds") or 0.0)
+        for p in sorted(layout.stages.glob("embed-*.json"))
+        for r in read_json_list(p)
+    )
     _write_stages(
         layout,
         "classify",
         [
             stage_row(
                 "classify",
-                time.perf_counter() - start,
+                time.perf_counter() - start + head,
                 model=cfg.classifier,
-                sequences=len(frame_ids(layout.root)),
-                device="cpu",
+                sequences=frames,
+                precision="fp32",
+                head_device_seconds=round(head, 6),
             )
         ],
     )
-    return str(out)
+    return str(layout.frame_scores)
 
 
 def merge_step(run_dir: str | Path) -> dict[str, str]:
@@ -357,8 +364,8 @@ def record_step(
 ) -> str:
     """Assemble the run record (schema ``virnucpro.run/1``) from the stages' files and write it to
     ``OUT/run_record.json``; returns its path (the DAG wiring ingests it into the metrics store)."""
+    from pipeline.core.run_record import RunRecord, StageRow, write_run_record
     from pipeline.core.runinfo import environment_info, utc_now
-    from pipeline.run.predict import RUN_SCHEMA
 
     cfg = predict_config(params, run_dir)
     layout = RunLayout(Path(run_dir))
@@ -369,21 +376,17 @@ def record_step(
         stages += read_json_list(path)
     for name in ("classify", "merge"):
         stages += read_json_list(layout.stages / f"{name}.json")
-    record: dict[str, Any] = {
-        "schema": RUN_SCHEMA,
-        "run_id": safe_run_id(run_id),
-        "kind": "predict",
-        "started_at": _started_at(layout),
-        "finished_at": utc_now(),
-        "environment": environment_info(),
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-        "stages": stages,
-        "demo": cfg.demo,
-        "outputs": dict(outputs or {}),
-        "orchestrator": "airflow",
-    }
-    atomic_write_text(layout.run_record, json.dumps(record, indent=2, default=str))
-    return str(layout.run_record)
+    record = RunRecord(
+        run_id=safe_run_id(run_id),
+        kind="predict",
+        started_at=_started_at(layout),
+        finished_at=utc_now(),
+        environment=environment_info(),
+        config=json.loads(json.dumps(asdict(cfg), default=str)),
+        stages=[StageRow.from_dict(s) for s in stages],
+        extra={"demo": cfg.demo, "outputs": dict(outputs or {}), "orchestrator": "airflow"},
+    )
+    return str(write_run_record(layout.run_record, record))
 
 
 # --------------------------------------------------------------------------------------------

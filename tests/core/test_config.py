@@ -7,9 +7,21 @@ from pipeline.core.errors import ConfigError
 
 
 def test_settings_defaults_without_environment():
+    from dataclasses import replace
+
     s = Settings.from_env({})
-    assert s == Settings()
+    assert replace(s, compile_cache_dir=None) == Settings()
     assert s.metrics_db == Path("reports/metrics.duckdb")
+    assert s.compile_cache_dir == Path.home() / ".cache" / "virnucpro" / "compile"
+
+
+def test_compile_cache_dir_is_one_run_independent_place():
+    assert Settings.from_env({"XDG_CACHE_HOME": "/x/cache"}).compile_cache_dir == Path(
+        "/x/cache/virnucpro/compile"
+    )
+    assert Settings.from_env(
+        {"VIRNUCPRO_COMPILE_CACHE": "/y/cc", "XDG_CACHE_HOME": "/x"}
+    ).compile_cache_dir == Path("/y/cc")
 
 
 def test_settings_read_every_variable():

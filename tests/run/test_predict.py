@@ -192,7 +192,7 @@ def test_demo_on_one_gpu_matches_the_cpu_fp32_run(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads((gpu / "run_record.json").read_text())
     assert record["config"]["esm"]["precision"] in ("fp16", "bf16")  # the GPU default, whichever it is
-    assert record["embed_summaries"]["esm2"]["gpus"] == [0]
+    assert record["workers"]["gpus"] == [0]
     assert _invoke(["predict", str(fa), "-o", str(cpu), "--demo"]).exit_code == 0
     assert json.loads((cpu / "run_record.json").read_text())["config"]["esm"]["precision"] == "fp32"
     got, want = _scores(gpu), _scores(cpu)

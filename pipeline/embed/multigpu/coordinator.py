@@ -1,38 +1,39 @@
-"""Multi-device embedding: one worker process per GPU, retries, redistribution, output checks.
+"""Multi-device runs: one worker process per device slot, retries, redistribution, output checks.
 
-`embed_all` runs `pipeline.embed.runner.embed_shard` for every shard in spawned worker processes, one per
-device slot (a physical GPU, or a CPU slot for testing). Shard k starts on slot ``k % n_slots``.
+The coordinator wires three parts together, the way inference engines split it:
+`pipeline.embed.multigpu.scheduler` decides (which task on which slot, retry or retire),
+`pipeline.embed.multigpu.executor` runs processes (spawn, wait, stop; the signal handling) and
+`pipeline.embed.multigpu.worker` does the work in each process and reports a typed `WorkerResult`.
+What a task does is its `Work`: `FrameWork` (DNABERT-S -> ESM-2 -> classifier head, the production
+path, `score_all`) or `EmbedWork` (one model, `embed_all`). Shard k starts on slot ``k % n_slots``.
 
 Failure handling:
 - A worker that dies (Python exception, CUDA OOM, segfault, SIGKILL) is detected from its exit code
-  and result file, and the task is rerun on the same slot with ``resume=True``, so the parts it
-  finished are kept.
+  and result file, and the task is rerun on the same slot with resume, so the parts it finished
+  are kept.
 - A slot that fails more than ``max_retries`` times in a row is retired. The rows of its task that
-  are not in a valid part yet are written to sub-shards under ``out_root/redistributed/`` (a stride
-  split, one per healthy slot) and embedded by the healthy slots; the partial output directory
-  stays part of the result.
-- Errors that no retry can fix (bad config, input, checkpoint; see
-  `pipeline.embed.multigpu.worker.FATAL_ERRORS`) stop the run at once and are re-raised.
-- SIGTERM to the coordinator is forwarded to the workers (each finishes its current part); then
-  `Interrupted` is raised. Rerunning with ``cfg.resume=True`` continues from the manifest
+  are not in a valid part yet are written to sub-shards under ``out_root/redistributed/`` (split
+  by stride over the length-sorted rows, one per healthy slot) and run by the healthy slots; the
+  finished parts are kept as a
+  complete ``<task>.kept`` directory.
+- Errors that no retry can fix (bad config, input, checkpoint; see `worker.FATAL_ERRORS`) stop the
+  run at once and are re-raised.
+- SIGTERM/SIGINT to the coordinator is forwarded to the workers (each finishes the parts it has
+  issued); then `Interrupted` is raised. Rerunning with resume continues from the manifest
   ``out_root/coordinator.json``, redistributed sub-shards included.
 
+While it runs, the workers' progress files (``out_root/progress/``) feed one progress display.
 At the end every input id must be in exactly one output directory, else `OutputIntegrityError`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +48,15 @@ from pipeline.core.errors import (
     VirNucProError,
     WorkerFailedError,
 )
-from pipeline.embed.multigpu.worker import FATAL_ERRORS, WorkerJob, run_job
+from pipeline.embed.multigpu.executor import ProcessExecutor, StopSignals, log_tail
+from pipeline.embed.multigpu.scheduler import Outcome, Scheduler, Slot, Task, TaskStatus, make_slots
+from pipeline.embed.multigpu.worker import FATAL_ERRORS, EmbedWork, FrameWork, WorkerJob, WorkerResult
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "coordinator.json"
 MANIFEST_SCHEMA = "virnucpro.coordinator/1"
 SUMMARY_SCHEMA = "virnucpro.embed_all/1"
-
-# How long workers get to finish their current part after SIGTERM before they are killed.
-_TERMINATE_GRACE_S = 120.0
-_POLL_S = 0.5
 _MAX_IDS_IN_MESSAGE = 10
 
 
@@ -74,60 +73,6 @@ class WorkerEvent:
     attempt: int
     device: str
     out_dir: Path
-
-
-@dataclass(frozen=True)
-class _Slot:
-    index: int
-    device: str
-    gpu: int | None
-
-
-@dataclass
-class _Task:
-    name: str
-    shard_path: Path
-    out_dir: Path
-    preferred: int | None  # slot index it should run on (None: any healthy slot)
-    status: str = "pending"  # pending | done | redistributed
-    parent: str | None = None
-    attempts: int = 0  # runs started, all slots
-    record: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shard_path": str(self.shard_path),
-            "out_dir": str(self.out_dir),
-            "preferred": self.preferred,
-            "status": self.status,
-            "parent": self.parent,
-        }
-
-
-@dataclass
-class _WorkerStats:
-    slot: _Slot
-    healthy: bool = True
-    consecutive_failures: int = 0
-    failures: int = 0
-    retries: int = 0
-    tasks: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # process wall time, start to exit (load included)
-    embed_seconds: float = 0.0  # embed-phase seconds reported by embed_shard
-    sequences: int = 0
-    tokens: int = 0
-    embed_start: float | None = None
-    embed_end: float | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Running:
-    process: multiprocessing.process.BaseProcess
-    task: _Task
-    job: WorkerJob
-    started: float
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,125 +242,107 @@ def check_outputs(input_ids: Sequence[str], output_dirs: Sequence[Path]) -> dict
     return {"ids": len(expected), "dirs": len(output_dirs)}
 
 
-def _log_tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
-
-
-def _record_stats(record: dict[str, Any] | None) -> dict[str, float]:
-    """Sequences, tokens, embed-phase seconds and epoch timestamps from an embed_shard run record.
-
-    The embed phase is the record's ``embed_started_at``..``embed_finished_at`` (first batch issued
-    to last part written; model load and tokenization excluded).
-    """
-    out: dict[str, float] = {"sequences": 0.0, "tokens": 0.0, "seconds": 0.0}
-    if not record:
-        return out
-    for s in [s for s in record.get("stages", []) if s.get("stage") == "embed"]:
-        out["sequences"] += float(s.get("sequences") or 0)
-        out["tokens"] += float(s.get("tokens") or 0)
-        start, end = s.get("embed_started_at"), s.get("embed_finished_at")
-        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
-            out["seconds"] += end - start
-            out["embed_started_at"] = min(out.get("embed_started_at", start), start)
-            out["embed_finished_at"] = max(out.get("embed_finished_at", end), end)
-        else:
-            out["seconds"] += float((s.get("timings") or {}).get("embed_s") or s.get("seconds") or 0)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# signals
-
-
-class _StopSignals:
-    """SIGTERM/SIGINT become a counter while the coordinator runs (main thread only): the first one
-    asks the workers to finish their current part and stop, a second one kills them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: int | None = None
-
-    def is_set(self) -> bool:
-        return self.count > 0
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopSignals]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def handler(signum: int, frame: Any) -> None:
-            self.count += 1
-            self.first = self.first or signum
-            log.warning(
-                "signal %d: stopping the workers after their current part%s",
-                signum,
-                " (second signal: killing them)" if self.count > 1 else "",
-            )
-
-        for s in previous:
-            signal.signal(s, handler)
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-
 # ----------------------------------------------------------------------------------------------
 # the coordinator
 
 
-def _make_slots(gpus: Sequence[int] | None, n_workers: int | None, cfg: EmbedConfig) -> list[_Slot]:
-    if gpus:
-        if len(set(gpus)) != len(gpus) or any(g < 0 for g in gpus):
-            raise ConfigError(f"gpus={list(gpus)} must be distinct non-negative GPU indices, e.g. 0,1")
-        return [_Slot(k, f"cuda:{g}", g) for k, g in enumerate(gpus)]
-    n = 1 if n_workers is None else n_workers
-    if n < 1:
-        raise ConfigError(f"n_workers={n} must be >= 1 CPU worker processes")
-    device = cfg.device if not cfg.device.startswith("cuda") else "cpu"
-    return [_Slot(k, device, None) for k in range(n)]
+@dataclass
+class _SlotTimes:
+    seconds: float = 0.0  # process wall time, start to exit (load included)
+    embed_seconds: float = 0.0  # work-phase seconds reported by the worker
+    sequences: int = 0
+    tokens: int = 0
+    embed_start: float | None = None
+    embed_end: float | None = None
+    busy: list[tuple[float, float]] | None = None  # (busy fraction, window) per task
+
+
+def _record_numbers(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Sequences, tokens, work seconds, epoch window and busy fraction of a worker's record.
+
+    Handles both record kinds: an embed run record (``stages[...]``) and a frame `ShardResult`.
+    """
+    out: dict[str, Any] = {"sequences": 0, "tokens": 0, "seconds": 0.0}
+    if not record:
+        return out
+    if "models" in record and "frames" in record:  # a frame ShardResult
+        out["sequences"] = int(record.get("frames_scored") or 0)
+        out["tokens"] = int(sum(int(m.get("tokens") or 0) for m in (record.get("models") or {}).values()))
+        start, end = record.get("started_at"), record.get("finished_at")
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+            out.update(seconds=end - start, start=start, end=end)
+        out["busy_fraction"] = record.get("busy_fraction")
+        out["window_s"] = record.get("window_s")
+        return out
+    for s in [s for s in record.get("stages", []) if s.get("stage") == "embed"]:
+        out["sequences"] += int(s.get("sequences") or 0)
+        out["tokens"] += int(s.get("tokens") or 0)
+        start, end = s.get("embed_started_at"), s.get("embed_finished_at")
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+            out["seconds"] += end - start
+            out["start"] = min(out.get("start", start), start)
+            out["end"] = max(out.get("end", end), end)
+        else:
+            out["seconds"] += float((s.get("timings") or {}).get("embed_s") or s.get("seconds") or 0)
+        out["busy_fraction"] = (
+            None if s.get("device_idle_fraction") is None else 1 - s["device_idle_fraction"]
+        )
+    return out
+
+
+class _FatalWorkerError(Exception):
+    """Internal: carries a worker's non-retryable error out of the loop (re-raised as its own type)."""
+
+    def __init__(self, slot: Slot, job: WorkerJob, result: WorkerResult) -> None:
+        super().__init__(result.message)
+        self.slot, self.job, self.result = slot, job, result
+
+    def reraise(self) -> VirNucProError:
+        by_name = {cls.__name__: cls for cls in FATAL_ERRORS}
+        cls = by_name.get(str(self.result.error_type), WorkerFailedError)
+        return cls(
+            f"worker {self.slot.index} ({self.slot.device}) on {self.job.task}: "
+            f"{self.result.message} (log: {self.job.log_path})"
+        )
 
 
 class _Coordinator:
     def __init__(
         self,
         shard_paths: Sequence[Path],
-        column: str,
-        kind: str,
-        cfg: EmbedConfig,
-        slots: list[_Slot],
+        work: Any,
+        identity: dict[str, Any],
+        slots: list[Slot],
         out_root: Path,
         max_retries: int,
+        resume: bool,
         on_worker_start: Callable[[WorkerEvent], None] | None,
         initializer: Callable[[int, int], None] | None,
         threads: int | None,
+        progress: Any = None,
+        compile_cache_dir: Path | None = None,
     ) -> None:
         self.shard_paths = [Path(p).resolve() for p in shard_paths]
-        self.column = column
-        self.kind = kind
-        self.cfg = cfg
+        self.work = work
+        self.identity = identity  # what a resumed manifest must match (kind, model)
         self.slots = slots
         self.out_root = out_root
         self.max_retries = max_retries
+        self.resume = resume
         self.on_worker_start = on_worker_start
         self.initializer = initializer
         self.threads = threads
+        self.progress = progress
+        self.compile_cache_dir = compile_cache_dir
         self.log_dir = out_root / "logs"
+        self.progress_dir = self.log_dir / "progress"
         self.redistributed_dir = out_root / "redistributed"
-        self.stats = {s.index: _WorkerStats(s) for s in slots}
-        self.tasks: list[_Task] = []
-        self.running: dict[int, _Running] = {}
+        self.times = {s.index: _SlotTimes() for s in slots}
         self.redistributions: list[dict[str, Any]] = []
         # Worker logs are files: keep them at INFO at least, DEBUG when this process is at DEBUG.
         self.log_level = logging.getLevelName(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
-        self.ctx = multiprocessing.get_context("spawn")
+        self.executor = ProcessExecutor(out_root / "workers.json")
+        self.scheduler = Scheduler(slots, self._plan(), max_retries)
 
     # -- manifest (what makes a rerun with resume continue a redistributed run) --
 
@@ -429,229 +356,154 @@ class _Coordinator:
             json.dumps(
                 {
                     "schema": MANIFEST_SCHEMA,
-                    "kind": self.kind,
-                    "column": self.column,
-                    "model": self.cfg.encoder.model,
+                    **self.identity,
                     "shards": [str(p) for p in self.shard_paths],
-                    "tasks": [t.to_json() for t in self.tasks],
+                    "tasks": [t.to_json() for t in self.scheduler.tasks],
                 },
                 indent=1,
             ),
         )
 
-    def _plan(self) -> None:
+    def _plan(self) -> list[Task]:
         n = len(self.slots)
         fresh = [
-            _Task(p.stem, p, self.out_root / p.stem, preferred=k % n) for k, p in enumerate(self.shard_paths)
+            Task(p.stem, p, self.out_root / p.stem, preferred=k % n) for k, p in enumerate(self.shard_paths)
         ]
         if len({t.name for t in fresh}) != len(fresh):
             raise ConfigError(f"shard file names must be distinct: {[str(p) for p in self.shard_paths]}")
         if not self.manifest_path.exists():
-            self.tasks = fresh
-            return
+            return fresh
         old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        if not self.cfg.resume:
+        if not self.resume:
             raise ConfigError(
                 f"{self.out_root} already holds an embedding run ({self.manifest_path}); "
                 "rerun with resume to continue it, or choose an empty output directory"
             )
-        if (old.get("kind"), old.get("model"), old.get("shards")) != (
-            self.kind,
-            self.cfg.encoder.model,
-            [str(p) for p in self.shard_paths],
-        ):
+        keys = sorted(self.identity)
+        mine = (*(self.identity.get(k) for k in keys), [str(p) for p in self.shard_paths])
+        theirs = (*(old.get(k) for k in keys), old.get("shards"))
+        if mine != theirs:
+            then = ", ".join(f"{k}={old.get(k)!r}" for k in keys)
+            now = ", ".join(f"{k}={self.identity[k]!r}" for k in keys)
             raise ResumeMismatchError(
-                f"{self.manifest_path} was made for kind={old.get('kind')!r} model={old.get('model')!r} "
-                f"over {len(old.get('shards', []))} shards, not kind={self.kind!r} "
-                f"model={self.cfg.encoder.model!r} over {len(self.shard_paths)}; "
-                "use a new output directory for a different model or input"
+                f"{self.manifest_path} was made for {then} over {len(old.get('shards', []))} shards, not "
+                f"{now} over {len(self.shard_paths)}; use a new output directory for another model or input"
             )
         alive = {s.index for s in self.slots}
-        for t in old["tasks"]:
-            preferred = t["preferred"] if t["preferred"] in alive else None
-            status = t["status"]
-            if status == "done" and not self._complete(Path(t["out_dir"])):
-                status = "pending"
-            self.tasks.append(
-                _Task(
-                    t["name"],
-                    Path(t["shard_path"]),
-                    Path(t["out_dir"]),
-                    preferred,
-                    status=status,
-                    parent=t.get("parent"),
-                )
-            )
+        tasks = []
+        for data in old["tasks"]:
+            task = Task.from_json(data, alive)
+            if task.status == TaskStatus.DONE and not _complete(task.out_dir):
+                task.status = TaskStatus.PENDING
+            tasks.append(task)
+        return tasks
 
-    @staticmethod
-    def _complete(out_dir: Path) -> bool:
-        from pipeline.embed.parts import read_metadata
+    # -- starting and finishing workers --
 
-        try:
-            meta = read_metadata(out_dir) if out_dir.is_dir() else None
-        except OutputIntegrityError:
-            return False
-        return bool(meta and meta.get("complete"))
-
-    # -- scheduling --
-
-    def _healthy(self) -> list[_Slot]:
-        return [s for s in self.slots if self.stats[s.index].healthy]
-
-    def _next_task(self, slot: _Slot) -> _Task | None:
-        pending = [
-            t
-            for t in self.tasks
-            if t.status == "pending" and t not in [r.task for r in self.running.values()]
-        ]
-        for t in pending:
-            if t.preferred == slot.index:
-                return t
-        for t in pending:
-            if t.preferred is None or not self.stats[t.preferred].healthy:
-                return t
-        return None
-
-    def _start(self, slot: _Slot, task: _Task) -> None:
-        stats = self.stats[slot.index]
-        attempt = task.attempts
-        # A retry (or a rerun over an existing directory) must keep the parts already written.
-        resume = self.cfg.resume or task.attempts > 0
+    def _start(self, slot: Slot, task: Task) -> None:
+        attempt = task.attempts - 1
         job = WorkerJob(
             worker=slot.index,
             attempt=attempt,
             task=task.name,
             shard_path=task.shard_path,
             out_dir=task.out_dir,
-            column=self.column,
-            kind=self.kind,
-            cfg=replace(self.cfg, device=slot.device, resume=resume),
+            work=self.work,
+            device=slot.device,
             gpu=slot.gpu,
+            # A retry (or a rerun over an existing directory) must keep the parts already written.
+            resume=self.resume or attempt > 0,
             log_path=self.log_dir / f"worker-{slot.index}.log",
             result_path=self.log_dir / f"worker-{slot.index}.{task.name}.attempt-{attempt}.json",
+            progress_path=self.progress_dir / f"{task.name}.json",
             log_level=self.log_level,
             threads=self.threads,
             initializer=self.initializer,
+            compile_cache_dir=self.compile_cache_dir,
         )
-        job.result_path.unlink(missing_ok=True)
-        process = self.ctx.Process(
-            target=run_job, args=(job, os.getpid()), name=f"virnucpro-worker-{slot.index}"
-        )
-        process.start()
-        task.attempts += 1
-        stats.tasks.append(task.name)
-        self.running[slot.index] = _Running(process, task, job, time.time())
-        self._write_pids()
+        run = self.executor.start(slot.index, job)
         log.info(
             "worker %d (pid %d, %s): task %s attempt %d",
             slot.index,
-            process.pid,
+            run.process.pid,
             slot.device,
             task.name,
             attempt,
         )
         if self.on_worker_start is not None:
             self.on_worker_start(
-                WorkerEvent(slot.index, process.pid, task.name, attempt, slot.device, task.out_dir)
+                WorkerEvent(slot.index, run.process.pid, task.name, attempt, slot.device, task.out_dir)
             )
 
-    def _write_pids(self) -> None:
-        atomic_write_text(
-            self.out_root / "workers.json",
-            json.dumps(
-                {
-                    str(k): {"pid": r.process.pid, "task": r.task.name, "device": r.job.cfg.device}
-                    for k, r in self.running.items()
-                },
-                indent=1,
-            ),
-        )
-
-    # -- results --
-
     def _finish(self, slot_index: int) -> None:
-        run = self.running.pop(slot_index)
-        run.process.join()
-        self._write_pids()
-        stats = self.stats[slot_index]
-        stats.seconds += time.time() - run.started
-        result: dict[str, Any] = {}
-        if run.job.result_path.exists():
-            result = json.loads(run.job.result_path.read_text(encoding="utf-8"))
-        code = run.process.exitcode
-        if code == 0 and result.get("status") == "ok":
-            self._succeeded(stats, run, result)
+        run, result = self.executor.collect(slot_index)
+        times = self.times[slot_index]
+        times.seconds += time.time() - run.started
+        slot = self.scheduler.stats[slot_index].slot
+        if result.ok:
+            self.scheduler.succeeded(slot_index, result.record)
+            self._add_times(times, result)
+            self._save_manifest()
             return
-        if result.get("fatal"):
-            raise _FatalWorkerError(stats.slot, run, result)
-        if result.get("status") == "error":
-            what = f"{result.get('error_type')}: {result.get('message')}"
+        if result.fatal:
+            raise _FatalWorkerError(slot, run.job, result)
+        if result.status == "error":
+            what = f"{result.error_type}: {result.message}"
         else:  # died without a word: a signal (OOM killer, SIGKILL), a segfault, os._exit
+            code = result.exit_code
             what = (
                 f"exit code {code}"
                 + (f" (signal {-code})" if code is not None and code < 0 else "")
-                + f"; log tail: {_log_tail(run.job.log_path)!r}"
+                + f"; log tail: {log_tail(run.job.log_path)!r}"
             )
-        self._failed(stats, run, what)
-
-    def _succeeded(self, stats: _WorkerStats, run: _Running, result: dict[str, Any]) -> None:
-        run.task.status = "done"
-        run.task.record = result.get("record")
-        stats.consecutive_failures = 0
-        numbers = _record_stats(run.task.record)
-        stats.sequences += int(numbers["sequences"])
-        stats.tokens += int(numbers["tokens"])
-        stats.embed_seconds += numbers["seconds"]
-        # Embed-phase window: from the record when it has timestamps, else the tail of the process.
-        end = numbers.get("embed_finished_at", result["finished_at"])
-        start = numbers.get("embed_started_at", end - numbers["seconds"])
-        stats.embed_start = start if stats.embed_start is None else min(stats.embed_start, start)
-        stats.embed_end = end if stats.embed_end is None else max(stats.embed_end, end)
-        self._save_manifest()
-
-    def _failed(self, stats: _WorkerStats, run: _Running, what: str) -> None:
-        stats.failures += 1
-        stats.consecutive_failures += 1
-        stats.errors.append(f"{run.task.name}: {what}")
-        log_path = run.job.log_path
-        if stats.consecutive_failures <= self.max_retries:
-            stats.retries += 1
+        task, outcome = self.scheduler.failed(slot_index, what)
+        stats = self.scheduler.stats[slot_index]
+        if outcome == Outcome.RETRY:
             log.warning(
                 "worker %d (%s) failed on %s (%s); retry %d/%d with resume; log: %s",
-                stats.slot.index,
-                stats.slot.device,
-                run.task.name,
+                slot_index,
+                slot.device,
+                task.name,
                 what,
                 stats.consecutive_failures,
                 self.max_retries,
-                log_path,
+                run.job.log_path,
             )
-            return  # task stays pending with this slot preferred
-        stats.healthy = False
+            return
         log.error(
-            "worker %d (%s) failed %d times in a row (last: %s); retiring it and redistributing "
-            "the rest of %s; log: %s",
-            stats.slot.index,
-            stats.slot.device,
+            "worker %d (%s) failed %d times in a row (last: %s); retiring it and redistributing the rest "
+            "of %s; log: %s",
+            slot_index,
+            slot.device,
             stats.consecutive_failures,
             what,
-            run.task.name,
-            log_path,
+            task.name,
+            run.job.log_path,
         )
-        healthy = self._healthy()
-        if not healthy:
-            raise WorkerFailedError(
-                f"every worker failed; last: worker {stats.slot.index} ({stats.slot.device}) on "
-                f"{run.task.name}: {what}; see the logs in {self.log_dir}, fix the cause and rerun "
-                "with resume"
-            )
-        self._redistribute(run.task, healthy, stats.slot)
+        self._redistribute(task, slot)
 
-    def _redistribute(self, task: _Task, healthy: list[_Slot], dead: _Slot) -> None:
+    @staticmethod
+    def _add_times(times: _SlotTimes, result: WorkerResult) -> None:
+        numbers = _record_numbers(result.record)
+        times.sequences += int(numbers["sequences"])
+        times.tokens += int(numbers["tokens"])
+        times.embed_seconds += float(numbers["seconds"])
+        # work window: from the record when it has timestamps, else the tail of the process
+        end = numbers.get("end", result.finished_at or time.time())
+        start = numbers.get("start", end - numbers["seconds"])
+        times.embed_start = start if times.embed_start is None else min(times.embed_start, start)
+        times.embed_end = end if times.embed_end is None else max(times.embed_end, end)
+        if numbers.get("busy_fraction") is not None:
+            times.busy = (times.busy or []) + [
+                (float(numbers["busy_fraction"]), float(numbers.get("window_s") or numbers["seconds"] or 0.0))
+            ]
+
+    def _redistribute(self, task: Task, dead: Slot) -> None:
         """Keep the task's finished parts (as a complete ``<task>.kept`` directory) and split its
         remaining rows into one sub-shard per healthy slot."""
         import shutil
 
+        healthy = self.scheduler.healthy()
         kept_dir = self.redistributed_dir / f"{task.name}.kept"
         if kept_dir.exists():
             shutil.rmtree(kept_dir)  # left by a coordinator that died mid-salvage
@@ -659,21 +511,9 @@ class _Coordinator:
         subshards = write_remaining_subshards(
             task.shard_path, set(kept), len(healthy), self.redistributed_dir, task.name
         )
-        task.status = "redistributed"
-        if kept:
-            self.tasks.append(
-                _Task(
-                    kept_dir.name, task.shard_path, kept_dir, preferred=None, status="kept", parent=task.name
-                )
-            )
-        for path in subshards:
-            self.tasks.append(
-                _Task(path.stem, path, self.redistributed_dir / path.stem, preferred=None, parent=task.name)
-            )
-        # Other work queued for the retired slot goes to whichever healthy slot is free next.
-        for t in self.tasks:
-            if t.preferred == dead.index:
-                t.preferred = None
+        kept_task = Task(kept_dir.name, task.shard_path, kept_dir, parent=task.name) if kept else None
+        subtasks = [Task(p.stem, p, self.redistributed_dir / p.stem, parent=task.name) for p in subshards]
+        self.scheduler.redistributed(task, dead.index, kept_task, subtasks)
         remaining = sum(len(shard_ids(p)) for p in subshards)
         self.redistributions.append(
             {
@@ -704,74 +544,62 @@ class _Coordinator:
     def run(self) -> dict[str, Any]:
         self.out_root.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._plan()
+        self.progress_dir.mkdir(parents=True, exist_ok=True)
         self._save_manifest()
         started = time.time()
-        stop = _StopSignals()
+        stop = StopSignals()
         with stop.installed():
             try:
                 self._loop(stop)
             except BaseException:
-                self._stop_workers(stop)
+                self.executor.stop_all(stop)
+                self._save_manifest_quietly()
                 raise
-        wall = time.time() - started
-        return self._summary(wall)
+            finally:
+                self._poll_progress()
+        return self._summary(time.time() - started)
 
-    def _loop(self, stop: _StopSignals) -> None:
+    def _save_manifest_quietly(self) -> None:
+        try:
+            self._save_manifest()
+        except OSError:
+            pass
+
+    def _poll_progress(self) -> None:
+        if self.progress is not None:
+            from pipeline.embed.progress import read_progress_dir
+
+            self.progress.update_many(read_progress_dir(self.progress_dir))
+
+    def _loop(self, stop: StopSignals) -> None:
         while True:
             if stop.is_set():
-                self._stop_workers(stop)
+                self.executor.stop_all(stop)
+                for slot in list(self.scheduler.running):
+                    self.scheduler.stopped(slot)
+                self._save_manifest_quietly()
                 raise Interrupted(
-                    f"embedding under {self.out_root} was interrupted (signal {stop.first}); "
-                    "the workers finished their current part; rerun with resume to continue"
+                    f"the run under {self.out_root} was interrupted (signal {stop.first}); "
+                    "the workers finished the parts they had started; rerun with resume to continue"
                 )
-            for slot in self._healthy():
-                if slot.index not in self.running:
-                    task = self._next_task(slot)
-                    if task is not None:
-                        self._start(slot, task)
-            if not self.running:
-                if any(t.status == "pending" for t in self.tasks):
+            for slot, task in self.scheduler.assignments():
+                self._start(slot, task)
+            if not self.executor.running:
+                if self.scheduler.pending():
                     raise WorkerFailedError(
                         f"tasks are left but no healthy worker can take them; see {self.log_dir}"
                     )
                 return
-            sentinels = {r.process.sentinel: k for k, r in self.running.items()}
-            ready = multiprocessing.connection.wait(list(sentinels), timeout=_POLL_S)
+            ended = self.executor.wait()
+            self._poll_progress()
             if stop.is_set():
                 continue  # workers may have died from the same signal: not a failure, stop above
-            for sentinel in ready:
-                self._finish(sentinels[sentinel])
-
-    def _stop_workers(self, stop: _StopSignals) -> None:
-        """SIGTERM every running worker (each finishes its current part), then wait for them.
-
-        Workers still running after the grace period, or when a second signal arrives, are killed.
-        """
-        for run in self.running.values():
-            if run.process.is_alive():
-                run.process.terminate()
-        deadline = time.time() + _TERMINATE_GRACE_S
-        for run in self.running.values():
-            while run.process.is_alive() and time.time() < deadline and stop.count < 2:
-                run.process.join(_POLL_S)
-            if run.process.is_alive():
-                log.error(
-                    "worker pid %d did not stop (grace %.0f s, signals %d); killing it",
-                    run.process.pid,
-                    _TERMINATE_GRACE_S,
-                    stop.count,
-                )
-                run.process.kill()
-            run.process.join()
-        self.running.clear()
-        with contextlib.suppress(OSError):
-            self._write_pids()
-            self._save_manifest()
+            for slot_index in ended:
+                self._finish(slot_index)
 
     def _summary(self, wall: float) -> dict[str, Any]:
-        output_tasks = [t for t in self.tasks if t.status in ("done", "kept")]
-        output_dirs = [t.out_dir for t in output_tasks]
+        outputs = self.scheduler.outputs()
+        output_dirs = [t.out_dir for t in outputs]
         input_ids: list[str] = []
         for p in self.shard_paths:
             input_ids.extend(shard_ids(p))
@@ -779,7 +607,12 @@ class _Coordinator:
             raise InputError(f"the input shards {self.shard_paths[:3]} repeat ids; ids must be unique")
         check = check_outputs(input_ids, output_dirs)
         workers = []
-        for s in self.stats.values():
+        for s in self.scheduler.stats.values():
+            t = self.times[s.slot.index]
+            busy = None
+            if t.busy:
+                weight = sum(w for _, w in t.busy)
+                busy = (sum(b * w for b, w in t.busy) / weight) if weight > 0 else t.busy[-1][0]
             workers.append(
                 {
                     "worker": s.slot.index,
@@ -787,13 +620,14 @@ class _Coordinator:
                     "gpu": s.slot.gpu,
                     "healthy": s.healthy,
                     "tasks": s.tasks,
-                    "seconds": round(s.seconds, 3),
-                    "embed_seconds": round(s.embed_seconds, 3),
-                    "embed_started_at": s.embed_start,
-                    "embed_finished_at": s.embed_end,
-                    "sequences": s.sequences,
-                    "tokens": s.tokens,
-                    "tokens_per_s": round(s.tokens / s.embed_seconds, 1) if s.embed_seconds > 0 else None,
+                    "seconds": round(t.seconds, 3),
+                    "embed_seconds": round(t.embed_seconds, 3),
+                    "embed_started_at": t.embed_start,
+                    "embed_finished_at": t.embed_end,
+                    "sequences": t.sequences,
+                    "tokens": t.tokens,
+                    "tokens_per_s": round(t.tokens / t.embed_seconds, 1) if t.embed_seconds > 0 else None,
+                    "gpu_busy_fraction": None if busy is None else round(busy, 5),
                     "failures": s.failures,
                     "retries": s.retries,
                     "errors": s.errors,
@@ -803,44 +637,94 @@ class _Coordinator:
         ends = [w["embed_finished_at"] for w in workers if w["embed_finished_at"] is not None]
         tokens = sum(w["tokens"] for w in workers)
         window = (max(ends) - min(starts)) if starts and ends else None
+        spread = (max(ends) - min(ends)) if len(ends) > 1 else (0.0 if ends else None)
         return {
             "schema": SUMMARY_SCHEMA,
-            "kind": self.kind,
-            "column": self.column,
-            "model": self.cfg.encoder.model,
-            "config": asdict(self.cfg),
+            **self.identity,
+            "config": _jsonable(self.work),
             "devices": [s.device for s in self.slots],
             "n_workers": len(self.slots),
             "sequences": check["ids"],
             "tokens": tokens,
             "wall_seconds": round(wall, 3),
             "embed_window_seconds": round(window, 3) if window is not None else None,
+            "finish_spread_seconds": round(spread, 3) if spread is not None else None,
             "tokens_per_s": round(tokens / window, 1) if window else None,
-            "retries": sum(s.retries for s in self.stats.values()),
-            "failures": sum(s.failures for s in self.stats.values()),
+            "retries": sum(s.retries for s in self.scheduler.stats.values()),
+            "failures": sum(s.failures for s in self.scheduler.stats.values()),
             "redistributions": self.redistributions,
             "workers": workers,
             "output_dirs": [str(d) for d in output_dirs],
-            "records": [t.record for t in output_tasks if t.record is not None],
+            "records": [t.result for t in outputs if t.result is not None],
             "logs": str(self.log_dir),
         }
 
 
-class _FatalWorkerError(Exception):
-    """Internal: carries a worker's non-retryable error out of the loop (re-raised as its own type)."""
+def _complete(out_dir: Path) -> bool:
+    from pipeline.embed.parts import read_metadata
 
-    def __init__(self, slot: _Slot, run: _Running, result: dict[str, Any]) -> None:
-        super().__init__(result.get("message"))
-        self.slot, self.run, self.result = slot, run, result
+    try:
+        meta = read_metadata(out_dir) if out_dir.is_dir() else None
+    except OutputIntegrityError:
+        return False
+    return bool(meta and meta.get("complete"))
 
 
-def _reraise_fatal(exc: _FatalWorkerError) -> VirNucProError:
-    by_name = {cls.__name__: cls for cls in FATAL_ERRORS}
-    cls = by_name.get(str(exc.result.get("error_type")), WorkerFailedError)
-    return cls(
-        f"worker {exc.slot.index} ({exc.slot.device}) on {exc.run.task.name}: "
-        f"{exc.result.get('message')} (log: {exc.run.job.log_path})"
+def _jsonable(work: Any) -> Any:
+    cfg = getattr(work, "cfg", None) or getattr(work, "job", None)
+    try:
+        return json.loads(json.dumps(asdict(cfg), default=str))
+    except TypeError:
+        return str(cfg)
+
+
+def run_tasks(
+    shard_paths: Sequence[str | os.PathLike[str]],
+    work: Any,
+    identity: dict[str, Any],
+    gpus: Sequence[int] | None,
+    out_root: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    max_retries: int = 2,
+    n_workers: int | None = None,
+    cpu_device: str = "cpu",
+    on_worker_start: Callable[[WorkerEvent], None] | None = None,
+    initializer: Callable[[int, int], None] | None = None,
+    cpu_threads: int | None = None,
+    progress: Any = None,
+    compile_cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run ``work`` over every shard with one worker process per device; check and summarise.
+
+    ``identity`` (e.g. ``{"kind": ..., "model": ...}``) is stored in the manifest and must match
+    when resuming. See `embed_all` and `score_all` for the arguments and the summary.
+    """
+    if not shard_paths:
+        raise ConfigError("no shards to run; give at least one shard parquet")
+    if max_retries < 0:
+        raise ConfigError(f"max_retries={max_retries} must be >= 0")
+    slots = make_slots(gpus, n_workers, cpu_device)
+    if cpu_threads is None and not gpus:
+        cpu_threads = max(1, (os.cpu_count() or 1) // len(slots))
+    coordinator = _Coordinator(
+        [Path(p) for p in shard_paths],
+        work,
+        identity,
+        slots,
+        Path(out_root),
+        max_retries,
+        resume,
+        on_worker_start,
+        initializer,
+        None if gpus else cpu_threads,
+        progress,
+        compile_cache_dir,
     )
+    try:
+        return coordinator.run()
+    except _FatalWorkerError as exc:
+        raise exc.reraise() from None
 
 
 def embed_all(
@@ -856,62 +740,113 @@ def embed_all(
     on_worker_start: Callable[[WorkerEvent], None] | None = None,
     initializer: Callable[[int, int], None] | None = None,
     cpu_threads: int | None = None,
+    progress: Any = None,
+    compile_cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Embed every shard with one worker process per device; check and summarise the outputs.
+    """Embed every shard with one model, one worker process per device; check and summarise.
 
     Args:
         shard_paths: shard parquet files (columns ``id, nucleotide, protein``); shard k starts on
             worker ``k % n_workers``; output goes to ``out_root/<shard stem>/``.
-        column: shard column to embed, or None for the kind's column (esm2: protein,
-            dnabert-s: nucleotide).
-        kind: ``esm2`` or ``dnabert-s``.
+        column: shard column to embed, or None for the kind's column.
+        kind: a model kind of `pipeline.models.registry`.
         cfg: embed config; ``device`` is replaced per worker, ``resume`` continues a previous run
             (including its redistributed sub-shards, from ``out_root/coordinator.json``).
-        gpus: CUDA device indices (as torch numbers them; physical when ``CUDA_VISIBLE_DEVICES`` is
-            unset), one worker process each. Empty or None: ``n_workers`` CPU worker processes.
+        gpus: CUDA device indices (as torch numbers them), one worker process each. Empty or
+            None: ``n_workers`` CPU worker processes.
         out_root: output root; also holds ``logs/worker-<k>.log``, ``workers.json`` (live worker
-            pids), ``coordinator.json`` (the task manifest) and ``redistributed/``.
+            pids), ``coordinator.json`` (the task manifest), ``progress/`` and ``redistributed/``.
         max_retries: consecutive failures a worker may have before it is retired and its remaining
             rows are redistributed to the healthy workers.
         n_workers: CPU worker processes when ``gpus`` is empty (default 1).
         on_worker_start: called in this process with a `WorkerEvent` each time a worker starts.
         initializer: picklable ``f(worker, attempt)`` run inside each worker before it embeds.
         cpu_threads: torch threads per CPU worker (default: CPU count / workers); ignored on GPUs.
+        progress: a `pipeline.embed.progress.RunProgress` to feed (None: no display).
+        compile_cache_dir: on-disk compile cache shared by the workers (`Settings.compile_cache_dir`).
 
     Returns:
-        A summary (JSON-serialisable): ``schema``, ``sequences``, ``tokens``, ``wall_seconds``
-        (end to end), ``embed_window_seconds`` (first batch start to last batch end over all
-        workers), ``tokens_per_s``, ``retries``, ``failures``, ``redistributions``, ``workers``
-        (per worker: seconds, embed_seconds, tokens, retries, ...), ``output_dirs`` (pass these to
-        `pipeline.embed.parts.open_embeddings`), ``records`` (the shards' run records), ``logs``.
+        A summary (JSON-serialisable): ``schema``, ``sequences``, ``tokens``, ``wall_seconds``,
+        ``embed_window_seconds`` (first batch to last part over all workers),
+        ``finish_spread_seconds`` (last worker's end minus the first's), ``tokens_per_s``,
+        ``retries``, ``failures``, ``redistributions``, ``workers`` (per worker: seconds,
+        embed_seconds, tokens, gpu_busy_fraction, retries, ...), ``output_dirs``, ``records``, ``logs``.
 
     Raises:
         OutputIntegrityError: an input id is missing from the outputs, or is there twice.
         WorkerFailedError: every worker was retired.
-        Interrupted: SIGTERM arrived; rerun with ``resume`` to continue.
+        Interrupted: SIGTERM/SIGINT arrived; rerun with ``resume`` to continue.
         ConfigError, InputError, ModelLoadError, ...: a worker hit an error no retry can fix.
     """
-    if not shard_paths:
-        raise ConfigError("no shards to embed; give at least one shard parquet")
-    if max_retries < 0:
-        raise ConfigError(f"max_retries={max_retries} must be >= 0")
     column = column or column_for_kind(kind)
-    slots = _make_slots(gpus, n_workers, cfg)
-    if cpu_threads is None and not gpus:
-        cpu_threads = max(1, (os.cpu_count() or 1) // len(slots))
-    coordinator = _Coordinator(
-        [Path(p) for p in shard_paths],
-        column,
-        kind,
-        cfg,
-        slots,
-        Path(out_root),
-        max_retries,
-        on_worker_start,
-        initializer,
-        None if gpus else cpu_threads,
+    return run_tasks(
+        shard_paths,
+        EmbedWork(column, kind, cfg),
+        {"kind": kind, "column": column, "model": cfg.encoder.model},
+        gpus,
+        out_root,
+        resume=cfg.resume,
+        max_retries=max_retries,
+        n_workers=n_workers,
+        cpu_device=cfg.device,
+        on_worker_start=on_worker_start,
+        initializer=initializer,
+        cpu_threads=cpu_threads,
+        progress=progress,
+        compile_cache_dir=compile_cache_dir,
     )
-    try:
-        return coordinator.run()
-    except _FatalWorkerError as exc:
-        raise _reraise_fatal(exc) from None
+
+
+def score_all(
+    shard_paths: Sequence[str | os.PathLike[str]],
+    job: Any,
+    gpus: Sequence[int] | None,
+    out_root: str | os.PathLike[str],
+    *,
+    max_retries: int = 2,
+    n_workers: int | None = None,
+    on_worker_start: Callable[[WorkerEvent], None] | None = None,
+    initializer: Callable[[int, int], None] | None = None,
+    cpu_threads: int | None = None,
+    progress: Any = None,
+    compile_cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Score every shard's frames (DNABERT-S -> ESM-2 -> head) with one resident worker per device.
+
+    ``job`` is a `pipeline.embed.frames.FrameJob` (its ``device`` is replaced per worker). Score
+    parts go to ``out_root/<shard stem>/``; the rest is as in `embed_all`, whose summary this returns
+    (``records`` are the shards' `ShardResult` dicts).
+    """
+    identity = {
+        "kind": "frames",
+        "model": f"{getattr(job.head, 'name', job.head)}|{job.dnabert.model}|{job.esm.model}",
+    }
+    return run_tasks(
+        shard_paths,
+        FrameWork(job),
+        identity,
+        gpus,
+        out_root,
+        resume=job.resume,
+        max_retries=max_retries,
+        n_workers=n_workers,
+        on_worker_start=on_worker_start,
+        initializer=initializer,
+        cpu_threads=cpu_threads,
+        progress=progress,
+        compile_cache_dir=compile_cache_dir,
+    )
+
+
+__all__ = [
+    "WorkerEvent",
+    "check_outputs",
+    "embed_all",
+    "output_ids",
+    "run_tasks",
+    "salvage_parts",
+    "score_all",
+    "shard_ids",
+    "valid_parts",
+    "write_remaining_subshards",
+]

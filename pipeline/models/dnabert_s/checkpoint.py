@@ -27,6 +27,7 @@ from pipeline.models.dnabert_s.model import (
     DNABERTArch,
     DNABERTBackbone,
     PackedDNABERTS,
+    default_attention,
 )
 from pipeline.models.dnabert_s.tokenizer import DNABERTTokenizer, random_bpe_tokenizer_json
 
@@ -224,7 +225,9 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
     Raises `ModelLoadError` (bad or incomplete checkpoint) or `BackendUnavailableError`.
     """
     device = torch.device(device)
-    backend = resolve_backend(cfg.attention, device, alibi=True)
+    backend = resolve_backend(
+        default_attention(cfg.attention, device, compile=cfg.compile), device, alibi=True
+    )
     spec = cfg.model.strip()
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX) :]
