@@ -218,7 +218,7 @@ main(sys.argv[2:])
 
 def _child(which: str, args: list[str], patched: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "VIRNUCPRO_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
-    plain = "import sys\nimport torch\ntorch.set_num_threads(1)\nfrom pipeline.cli import main\nmain(sys.argv[2:])"
+    plain = "import sys, torch\ntorch.set_num_threads(1)\nfrom pipeline.cli import main\nmain(sys.argv[2:])"
     code = CHILD if patched else plain
     return subprocess.run(
         [sys.executable, "-c", code, which, *args],
