@@ -15,7 +15,6 @@ batches are queued, or at the end. SIGTERM/SIGINT finish the part being complete
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_write_text
 from pipeline.core.config import EmbedConfig, column_for_kind
 from pipeline.core.errors import ConfigError, InputError, Interrupted, NumericalError
 from pipeline.embed.loader import (
@@ -42,6 +40,7 @@ from pipeline.embed.loader import (
 from pipeline.embed.parts import FORMAT, RUN_RECORD_FILE, write_metadata, write_part
 from pipeline.embed.planning import choose_token_budget, length_sorted_order, packing_efficiency, plan_batches
 from pipeline.embed.resume import check_output_dir, sweep_valid_parts
+from pipeline.embed.timeline import busy_fraction
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +172,19 @@ class _DeviceLoop:
         if not self.cuda or not self.marks:
             return None
         self.torch.cuda.synchronize(self.device)
-        busy = sum(s.elapsed_time(e) for s, e in self.marks)
-        span = self.marks[0][0].elapsed_time(self.marks[-1][1])
-        return max(0.0, 1.0 - busy / span) if span > 0 else 0.0
+        return idle_fraction(self.marks)
+
+
+def idle_fraction(marks: list[tuple[Any, Any]]) -> float | None:
+    """1 - busy fraction of ``(start, end)`` timing events (``elapsed_time(other) -> ms``), measured
+    against the first start; None when nothing was timed. See `pipeline.embed.timeline`."""
+    if not marks:
+        return None
+    origin = marks[0][0]
+    busy = busy_fraction(
+        [(origin.elapsed_time(s) / 1000.0, origin.elapsed_time(e) / 1000.0) for s, e in marks]
+    )
+    return None if busy is None else 1.0 - busy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,23 +262,63 @@ def embed_shard(
         return _embed_shard(Path(shard_path), column, kind, cfg, Path(out_dir), signals.event, encoder)
 
 
-def _embed_shard(
+@dataclass
+class _ShardPlan:
+    """The plan phase's result: rows, tokens, parts, what is already done, the packed batches."""
+
+    shard_path: Path
+    column: str
+    kind: str
+    cfg: EmbedConfig
+    out_dir: Path
+    device: Any
+    encoder: Any
+    ids: list[str]
+    fingerprint: str
+    arena: TokenArena
+    part_rows: list[np.ndarray]
+    part_ids: list[list[str]]
+    done: set[int]
+    todo_parts: list[int]
+    batches: list[np.ndarray]
+    budget: int
+    efficiency: float
+    workers: int
+    metadata: dict[str, Any]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.arena.lengths
+
+    @property
+    def todo_tokens(self) -> int:
+        return int(sum(int(self.lengths[self.part_rows[p]].sum()) for p in self.todo_parts))
+
+
+def _open_device(name: str) -> Any:
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+        if device.index is None:  # events, streams and mem_get_info want an explicit index
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
+
+
+def _plan(
     shard_path: Path,
-    column: str | None,
+    column: str,
     kind: str,
     cfg: EmbedConfig,
     out_dir: Path,
-    stop: threading.Event,
     encoder: Any,
-) -> dict[str, Any]:
+    timings: dict[str, float],
+) -> _ShardPlan:
+    """Read, check the output directory, load the encoder, tokenize, sweep valid parts, pack."""
     import torch
-
-    from pipeline.core.runinfo import environment_info, new_run_id, utc_now
-
-    t_start = time.perf_counter()
-    started_at = utc_now()
-    column = _resolve_kind(column, kind)
-    timings: dict[str, float] = {}
 
     t = time.perf_counter()
     ids, sequences = read_shard(shard_path, column)
@@ -294,15 +343,7 @@ def _embed_shard(
     check_output_dir(out_dir, wanted, resume=cfg.resume)
 
     t = time.perf_counter()
-    device = torch.device(cfg.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device {cfg.device!r} asked for but CUDA is not available here; use --device cpu"
-            )
-        if device.index is None:  # events, streams and mem_get_info want an explicit index
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
+    device = _open_device(cfg.device)
     if encoder is None:
         from pipeline.models.registry import load_encoder
 
@@ -313,9 +354,7 @@ def _embed_shard(
 
     t = time.perf_counter()
     workers = cfg.num_workers if cfg.num_workers is not None else choose_workers(encoder.tokenizer, sequences)
-    arena: TokenArena = tokenize_shard(
-        encoder.tokenizer, sequences, num_workers=workers, shard=(str(shard_path), column)
-    )
+    arena = tokenize_shard(encoder.tokenizer, sequences, num_workers=workers, shard=(str(shard_path), column))
     lengths = arena.lengths
     timings["tokenize_s"] = time.perf_counter() - t
     too_long = np.flatnonzero(lengths > info.max_tokens)
@@ -360,10 +399,9 @@ def _embed_shard(
         free_bytes=free,
         override=cfg.token_budget,
     )
-    local_plan = plan_batches(lengths[todo_rows], budget)
-    plan = [todo_rows[np.asarray(b, dtype=np.int64)] for b in local_plan]
+    local_plan = plan_batches(lengths[todo_rows], budget)  # looked up at call time (benchmark hooks)
+    batches = [todo_rows[np.asarray(b, dtype=np.int64)] for b in local_plan]
     efficiency = packing_efficiency(lengths[todo_rows], local_plan, budget)
-    todo_tokens = int(lengths[todo_rows].sum())
     log.info(
         "%s: %d rows, %d parts (%d already done), %d batches of <= %d tokens, packing %.1f%%, "
         "backend %s on %s",
@@ -371,142 +409,225 @@ def _embed_shard(
         len(ids),
         len(part_rows),
         len(done),
-        len(plan),
+        len(batches),
         budget,
         100 * efficiency,
         encoder.backend,
         device,
     )
+    return _ShardPlan(
+        shard_path, column, kind, cfg, out_dir, device, encoder, ids, fingerprint, arena, part_rows, part_ids,
+        done, todo_parts, batches, budget, efficiency, workers, metadata,
+    )  # fmt: skip
 
-    parts = _Parts(part_rows, info.hidden_size)
-    parts.expect(todo_parts)
-    write_seconds = [0.0]
-    written: list[int] = []
-    status = "complete"
 
-    def write(p: int, vectors: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        write_part(out_dir, p, part_ids[p], vectors, fingerprint)
-        write_seconds[0] += time.perf_counter() - t0
+class _PartWriter:
+    """Checks each completed part for NaN/Inf and writes it atomically on one writer thread.
 
-    device_check = getattr(encoder, "check_finite", None)
-    embed_started = time.time()
-    t_embed = time.perf_counter()
-    loop = _DeviceLoop(encoder, device)
-    pending: deque[tuple[int, Future]] = deque()
-    bar = _progress_bar(cfg.progress, todo_tokens, f"{kind} {shard_path.stem}")
-    rows_done = 0
+    At most `MAX_PENDING_WRITES` writes queue behind the thread; `drain` waits for all of them.
+    """
 
-    def finish(p: int, executor: ThreadPoolExecutor) -> None:
-        vectors = parts.pop(p)
+    def __init__(self, plan: _ShardPlan) -> None:
+        self.plan = plan
+        self.device_check = getattr(plan.encoder, "check_finite", None)
+        self.pool = ThreadPoolExecutor(1, "part-writer")
+        self.pending: deque[Future] = deque()
+        self.written: list[int] = []
+        self.seconds = 0.0
+
+    def submit(self, p: int, vectors: np.ndarray) -> None:
+        plan = self.plan
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
-            bad = [part_ids[p][i] for i in np.flatnonzero(~finite)[:5]]
+            bad = [plan.part_ids[p][i] for i in np.flatnonzero(~finite)[:5]]
             raise NumericalError(
-                f"part {p} of {shard_path.name}: {int((~finite).sum())} embedding(s) contain "
+                f"part {p} of {plan.shard_path.name}: {int((~finite).sum())} embedding(s) contain "
                 f"NaN/Inf, e.g. {bad}; rerun with --precision bf16 or fp32"
             )
-        if device_check is not None:
+        if self.device_check is not None:
             # the encoder's device-side flag (one sync per part); it also covers batches queued after
             # this part's last one, so the host check above is the one that names rows precisely
-            device_check(f"{shard_path.name} part {p} (or a batch queued with it)")
-        while len(pending) >= MAX_PENDING_WRITES:
-            pending.popleft()[1].result()
-        pending.append((p, executor.submit(write, p, vectors)))
-        written.append(p)
+            self.device_check(f"{plan.shard_path.name} part {p} (or a batch queued with it)")
+        while len(self.pending) >= MAX_PENDING_WRITES:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._write, p, vectors))
+        self.written.append(p)
 
-    def collect(block: bool, executor: ThreadPoolExecutor) -> list[int]:
-        nonlocal rows_done
+    def _write(self, p: int, vectors: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        write_part(self.plan.out_dir, p, self.plan.part_ids[p], vectors, self.plan.fingerprint)
+        self.seconds += time.perf_counter() - t0
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class _Progress:
+    """The runner's tqdm bar over tokens, with sequences/s in its postfix."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.rows = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+        self.bar.update(tokens)
+        self.bar.set_postfix_str(
+            f"{self.rows / max(time.perf_counter() - self.t0, 1e-9):,.0f} seq/s", refresh=False
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class _RunResult:
+    status: str
+    started_at: float
+    seconds: float
+    idle_fraction: float | None
+    remaining_parts: int
+
+
+def _run(plan: _ShardPlan, writer: _PartWriter, stop: threading.Event) -> _RunResult:
+    """Issue every batch, hand each completed part to the writer; stop after the part being
+    completed when ``stop`` is set (also when that part is the last one: the status says so)."""
+    import torch
+
+    parts = _Parts(plan.part_rows, plan.encoder.info.hidden_size)
+    parts.expect(plan.todo_parts)
+    loop = _DeviceLoop(plan.encoder, plan.device)
+    bar = _Progress(_progress_bar(plan.cfg.progress, plan.todo_tokens, f"{plan.kind} {plan.shard_path.stem}"))
+    started_at, t0 = time.time(), time.perf_counter()
+
+    def collect(block: bool) -> list[int]:
         finished = []
         for item in loop.completed(block=block):
-            vectors = item.out.numpy()
-            for p in parts.add(item.rows, vectors):
-                finish(p, executor)
+            for p in parts.add(item.rows, item.out.numpy()):
+                writer.submit(p, parts.pop(p))
                 finished.append(p)
-            rows_done += item.rows.size
-            bar.update(item.tokens)
-            elapsed = max(time.perf_counter() - t_embed, 1e-9)
-            bar.set_postfix_str(f"{rows_done / elapsed:,.0f} seq/s", refresh=False)
+            bar.add(item.rows.size, item.tokens)
         return finished
 
     try:
-        with torch.inference_mode(), ThreadPoolExecutor(1, "part-writer") as executor:
+        with torch.inference_mode():
             target: int | None = None  # on a signal: the part being completed when it came
-            for batch in packed_batches(arena, plan, pin_memory=device.type == "cuda"):
+            for batch in packed_batches(plan.arena, plan.batches, pin_memory=plan.device.type == "cuda"):
                 loop.issue(batch)
-                finished = collect(False, executor)
+                finished = collect(False)
                 if stop.is_set():
                     if target is None:
                         target = min(parts.remaining, default=None)
                     if target is None or target in finished or target not in parts.remaining:
                         break
-            collect(True, executor)
-            while pending:
-                pending.popleft()[1].result()
-            if stop.is_set():
-                # also when the part being finished was the last one: the run stops here either way
-                status = "interrupted"
+            collect(True)
+            writer.drain()
     finally:
         bar.close()
-    embed_seconds = time.perf_counter() - t_embed
-    timings["embed_s"] = embed_seconds
-    timings["write_s"] = write_seconds[0]
-    idle = loop.idle_fraction()
+    return _RunResult(
+        status="interrupted" if stop.is_set() else "complete",
+        started_at=started_at,
+        seconds=time.perf_counter() - t0,
+        idle_fraction=loop.idle_fraction(),
+        remaining_parts=len(parts.remaining),
+    )
 
-    if not parts.remaining:
-        metadata["complete"] = True
-        write_metadata(out_dir, metadata)
-    embedded_rows = int(sum(part_rows[p].size for p in written))
-    embedded_tokens = int(sum(int(lengths[part_rows[p]].sum()) for p in written))
-    total_seconds = time.perf_counter() - t_start
-    stage = {
-        "stage": "embed",
-        "model": cfg.encoder.model,
-        "kind": kind,
-        "seconds": round(total_seconds, 4),
-        "sequences": embedded_rows,
-        "tokens": embedded_tokens,
-        "tokens_per_s": round(embedded_tokens / embed_seconds, 1) if embed_seconds > 0 else None,
-        "packing_efficiency": round(efficiency, 5),
-        "backend": encoder.backend,
-        "precision": cfg.encoder.precision,
-        "device": str(device),
-        "shard": str(shard_path),
-        "token_budget": budget,
-        "batches": len(plan),
-        "parts_written": len(written),
-        "parts_skipped": len(done),
-        "device_idle_fraction": None if idle is None else round(idle, 5),
-        "embed_started_at": embed_started,
-        "embed_finished_at": embed_started + embed_seconds,
-        "num_workers": workers,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-    }
-    record = {
-        "schema": "virnucpro.run/1",
-        "run_id": new_run_id(),
-        "kind": "embed",
-        "status": status,
-        "started_at": started_at,
-        "finished_at": utc_now(),
-        "environment": environment_info(),
-        "config": {
-            **asdict(cfg),
-            "shard_path": str(shard_path),
-            "column": column,
-            "model_kind": kind,
-            "out_dir": str(out_dir),
+
+def _record(
+    plan: _ShardPlan,
+    writer: _PartWriter,
+    run: _RunResult,
+    timings: dict[str, float],
+    started_at: str,
+    t_start: float,
+) -> dict[str, Any]:
+    """Mark the directory complete when every part is there; write and return the run record."""
+    from pipeline.core.run_record import RunRecord, StageRow, write_run_record
+    from pipeline.core.runinfo import environment_info, new_run_id, utc_now
+
+    if not run.remaining_parts:
+        write_metadata(plan.out_dir, {**plan.metadata, "complete": True})
+    timings["embed_s"] = run.seconds
+    timings["write_s"] = writer.seconds
+    rows = int(sum(plan.part_rows[p].size for p in writer.written))
+    tokens = int(sum(int(plan.lengths[plan.part_rows[p]].sum()) for p in writer.written))
+    stage = StageRow(
+        "embed",
+        round(time.perf_counter() - t_start, 4),
+        model=plan.cfg.encoder.model,
+        sequences=rows,
+        tokens=tokens,
+        tokens_per_s=round(tokens / run.seconds, 1) if run.seconds > 0 else None,
+        packing_efficiency=round(plan.efficiency, 5),
+        backend=plan.encoder.backend,
+        precision=plan.cfg.encoder.precision,
+        device=str(plan.device),
+        extra={
+            "kind": plan.kind,
+            "shard": str(plan.shard_path),
+            "token_budget": plan.budget,
+            "batches": len(plan.batches),
+            "parts_written": len(writer.written),
+            "parts_skipped": len(plan.done),
+            "device_idle_fraction": None if run.idle_fraction is None else round(run.idle_fraction, 5),
+            "embed_started_at": run.started_at,
+            "embed_finished_at": run.started_at + run.seconds,
+            "num_workers": plan.workers,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
         },
-        "stages": [stage],
-        "timings": stage["timings"],
+    )
+    config = {
+        **asdict(plan.cfg),
+        "shard_path": str(plan.shard_path),
+        "column": plan.column,
+        "model_kind": plan.kind,
+        "out_dir": str(plan.out_dir),
     }
-    atomic_write_text(out_dir / RUN_RECORD_FILE, json.dumps(record, indent=2, default=str))
-    if status == "interrupted":
+    record = RunRecord(
+        run_id=new_run_id(),
+        kind="embed",
+        started_at=started_at,
+        finished_at=utc_now(),
+        environment=environment_info(),
+        config=config,
+        stages=[stage],
+        extra={"status": run.status, "timings": stage.extra["timings"]},
+    )
+    write_run_record(plan.out_dir / RUN_RECORD_FILE, record)
+    if run.status == "interrupted":
         raise Interrupted(
-            f"stopped by a signal after writing {len(written)} part(s) of {shard_path.name}; "
-            f"{len(parts.remaining)} part(s) left - rerun with --resume to finish"
+            f"stopped by a signal after writing {len(writer.written)} part(s) of {plan.shard_path.name}; "
+            f"{run.remaining_parts} part(s) left - rerun with --resume to finish"
         )
-    return record
+    return record.to_dict()
+
+
+def _embed_shard(
+    shard_path: Path,
+    column: str | None,
+    kind: str,
+    cfg: EmbedConfig,
+    out_dir: Path,
+    stop: threading.Event,
+    encoder: Any,
+) -> dict[str, Any]:
+    """The phases: plan -> run (issue batches, write parts) -> record."""
+    from pipeline.core.runinfo import utc_now
+
+    t_start, started_at = time.perf_counter(), utc_now()
+    timings: dict[str, float] = {}
+    plan = _plan(shard_path, _resolve_kind(column, kind), kind, cfg, out_dir, encoder, timings)
+    writer = _PartWriter(plan)
+    try:
+        run = _run(plan, writer, stop)
+    finally:
+        writer.close()
+    return _record(plan, writer, run, timings, started_at, t_start)
 
 
 __all__ = ["embed_shard"]

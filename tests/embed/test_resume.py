@@ -24,20 +24,28 @@ AA = "ACDEFGHIKLMNPQRSTVWY"
 N_SEQS, PART_SIZE = 24, 4  # 6 parts
 ROOT = Path(__file__).resolve().parents[2]
 
-# Runs the real CLI in a child process, each packed batch slowed down by a pause, so that the parent
-# can kill the child at a known point (after k completion markers appeared) with parts still to do.
+# Runs the real CLI in a child process that stops at a known point: once GATE parts are on disk, the
+# part writer creates GATE_DIR/reached and waits for GATE_DIR/go; the embedding loop stalls behind it
+# with parts still to do. The parent waits for "reached", then acts (SIGKILL, or SIGTERM then "go"),
+# with no sleeps that assume how fast the child runs.
 RUNNER = """
 import sys, time
+from pathlib import Path
 import torch
 torch.set_num_threads(1)
 import pipeline.embed.runner as embed
-_issue = embed._DeviceLoop.issue
-def slow_issue(self, batch):
-    time.sleep(float(sys.argv[1]))
-    return _issue(self, batch)
-embed._DeviceLoop.issue = slow_issue
+gate, gate_dir, out = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+_write_part = embed.write_part
+def gated_write_part(*args, **kwargs):
+    marker = _write_part(*args, **kwargs)
+    if not (gate_dir / "reached").exists() and len(list(out.glob("part-*.done"))) >= gate:
+        (gate_dir / "reached").touch()
+        while not (gate_dir / "go").exists():
+            time.sleep(0.005)
+    return marker
+embed.write_part = gated_write_part
 from pipeline.cli import main
-main(sys.argv[2:])
+main(sys.argv[4:])
 """
 
 
@@ -122,7 +130,9 @@ def markers(out: Path) -> int:
     return len(list(out.glob("part-*.done"))) if out.exists() else 0
 
 
-def start_child(shard: Path, out: Path, pause: float, resume: bool = False) -> subprocess.Popen:
+def start_child(shard: Path, out: Path, gate: int, gate_dir: Path, resume: bool = False) -> subprocess.Popen:
+    """The CLI embedding ``shard`` into ``out``, parked once ``gate`` parts are written (see RUNNER)."""
+    gate_dir.mkdir(parents=True)
     args = [
         "embed",
         str(shard),
@@ -146,7 +156,7 @@ def start_child(shard: Path, out: Path, pause: float, resume: bool = False) -> s
     args += ["--resume"] if resume else []
     env = {**os.environ, "VIRNUCPRO_PROGRESS": "0"}
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(pause), *args],
+        [sys.executable, "-c", RUNNER, str(gate), str(gate_dir), str(out), *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -155,23 +165,24 @@ def start_child(shard: Path, out: Path, pause: float, resume: bool = False) -> s
     )
 
 
-def wait_for_markers(child: subprocess.Popen, out: Path, k: int, timeout: float = 90.0) -> None:
+def wait_until_parked(child: subprocess.Popen, gate_dir: Path, timeout: float = 120.0) -> None:
+    """Wait for the file the child writes at the point of interest (it then waits for "go")."""
     deadline = time.monotonic() + timeout
-    while markers(out) < k:
+    while not (gate_dir / "reached").exists():
         if child.poll() is not None:
             raise AssertionError(f"child exited early ({child.returncode}): {child.stderr.read()[-2000:]}")
         if time.monotonic() > deadline:
             child.kill()
-            raise AssertionError("timed out waiting for part markers")
-        time.sleep(0.02)
+            raise AssertionError("timed out waiting for the child to reach the gate")
+        time.sleep(0.01)
 
 
 @pytest.mark.slow
 def test_sigkill_after_two_parts_then_resume_equals_uninterrupted(tmp_path: Path, reference, encoder) -> None:
     shard, ref = reference
     out = tmp_path / "out"
-    child = start_child(shard, out, pause=0.5)
-    wait_for_markers(child, out, 2)
+    child = start_child(shard, out, 2, tmp_path / "gate")
+    wait_until_parked(child, tmp_path / "gate")
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
@@ -193,9 +204,10 @@ def test_sigkill_after_two_parts_then_resume_equals_uninterrupted(tmp_path: Path
 def test_sigterm_after_one_part_then_sigkill_during_resume(tmp_path: Path, reference, encoder) -> None:
     shard, ref = reference
     out = tmp_path / "out"
-    child = start_child(shard, out, pause=0.5)
-    wait_for_markers(child, out, 1)
+    child = start_child(shard, out, 1, tmp_path / "gate")
+    wait_until_parked(child, tmp_path / "gate")
     child.send_signal(signal.SIGTERM)
+    (tmp_path / "gate" / "go").touch()
     _, err = child.communicate(timeout=60)
     assert child.returncode == 75, err[-2000:]
     assert "rerun with --resume" in err
@@ -205,8 +217,8 @@ def test_sigterm_after_one_part_then_sigkill_during_resume(tmp_path: Path, refer
         assert check_part(out, p) is None
     assert json.loads((out / "run_record.json").read_text())["status"] == "interrupted"
     # resume in a child, and SIGKILL that one after it has added one more part
-    child = start_child(shard, out, pause=0.5, resume=True)
-    wait_for_markers(child, out, n + 1)
+    child = start_child(shard, out, n + 1, tmp_path / "gate2", resume=True)
+    wait_until_parked(child, tmp_path / "gate2")
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert markers(out) < N_SEQS // PART_SIZE

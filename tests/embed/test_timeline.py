@@ -79,3 +79,68 @@ def test_cpu_timeline_uses_wall_clock_spans() -> None:
         sum(range(10000))
     summary = timeline.summary()
     assert set(summary.seconds_by_label) == {"esm2"} and summary.seconds_by_label["esm2"] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner's device loop: completion order and idle fraction, with fake events
+
+
+class _CopyDone:
+    """A fake device->host copy event: ``done`` says whether the device got there yet."""
+
+    def __init__(self, done: bool) -> None:
+        self.done, self.waited = done, False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited, self.done = True, True
+
+
+def _loop_with(ready: list[_CopyDone]):
+    import numpy as np
+
+    from pipeline.embed.runner import _DeviceLoop, _Inflight
+
+    loop = _DeviceLoop.__new__(_DeviceLoop)  # no encoder or device needed for the bookkeeping
+    loop.inflight = __import__("collections").deque(
+        _Inflight(np.array([i]), 1, None, r) for i, r in enumerate(ready)
+    )
+    return loop
+
+
+def test_completed_yields_finished_batches_in_issue_order_without_waiting() -> None:
+    events = [_CopyDone(True), _CopyDone(True), _CopyDone(False), _CopyDone(True)]
+    loop = _loop_with(events)
+    got = [int(item.rows[0]) for item in loop.completed(block=False)]
+    assert got == [0, 1]  # batch 3 is done but comes after the unfinished batch 2
+    assert not any(e.waited for e in events)
+
+
+def test_completed_waits_only_when_too_many_batches_are_queued() -> None:
+    from pipeline.embed.runner import MAX_INFLIGHT
+
+    events = [_CopyDone(False) for _ in range(MAX_INFLIGHT + 2)]
+    loop = _loop_with(events)
+    got = [int(item.rows[0]) for item in loop.completed(block=False)]
+    assert got == [0, 1] and [e.waited for e in events[:3]] == [True, True, False]
+    assert len(loop.inflight) == MAX_INFLIGHT
+    rest = [int(item.rows[0]) for item in loop.completed(block=True)]
+    assert rest == list(range(2, MAX_INFLIGHT + 2)) and not loop.inflight
+
+
+def test_runner_idle_fraction_from_timing_events() -> None:
+    from pipeline.embed.runner import idle_fraction
+
+    clock = _Clock()
+
+    def at(t: float) -> _FakeEvent:
+        clock.now = t
+        event = _FakeEvent(clock)
+        event.record()
+        return event
+
+    marks = [(at(0.0), at(2.0)), (at(3.0), at(4.0))]  # 3 s busy in a 4 s window
+    assert idle_fraction(marks) == pytest.approx(0.25)
+    assert idle_fraction([]) is None

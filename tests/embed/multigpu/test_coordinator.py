@@ -11,6 +11,7 @@ worker, which wraps the encoder so that it slows down or raises.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -123,12 +124,29 @@ def _wrap_encoder(hook) -> None:
     registry.load_encoder = load
 
 
-def slow_first_attempt_of_worker0(worker: int, attempt: int) -> None:
+def park_after_first_part(out_dirs: dict[int, str], gate_dir: str, worker: int, attempt: int) -> None:
+    """The point of interest: once its first part is on disk, worker k (first attempt only) creates
+    ``gate_dir/reached-<k>`` and its part writer waits for ``gate_dir/go`` (or a kill); the worker's
+    loop stalls behind the writer with parts still to do."""
     import torch
 
+    import pipeline.embed.runner as runner
+
     torch.set_num_threads(1)
-    if worker == 0 and attempt == 0:
-        _wrap_encoder(lambda n: time.sleep(0.3))
+    if worker not in out_dirs or attempt > 0:
+        return
+    out, gate = Path(out_dirs[worker]), Path(gate_dir)
+    write_part = runner.write_part
+
+    def gated(*args, **kwargs):
+        marker = write_part(*args, **kwargs)
+        if not (gate / f"reached-{worker}").exists() and any(out.glob("part-*.done")):
+            (gate / f"reached-{worker}").touch()
+            while not (gate / "go").exists():
+                time.sleep(0.005)
+        return marker
+
+    runner.write_part = gated
 
 
 def worker1_keeps_failing(worker: int, attempt: int) -> None:
@@ -146,21 +164,16 @@ def worker1_keeps_failing(worker: int, attempt: int) -> None:
     _wrap_encoder(hook)
 
 
-def slow_everywhere(worker: int, attempt: int) -> None:
-    import torch
+def _when_parked(files: list[Path], action, timeout: float = 240.0) -> None:
+    """Run ``action`` in a thread once every file exists (the workers wrote them where they wait)."""
 
-    torch.set_num_threads(1)
-    _wrap_encoder(lambda n: time.sleep(0.3))
-
-
-def _when_first_part(out_dir: Path, action, timeout: float = 120.0) -> None:
     def watch() -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if any(out_dir.glob("part-*.done")):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(f.exists() for f in files):
                 action()
                 return
-            time.sleep(0.02)
+            time.sleep(0.01)
 
     threading.Thread(target=watch, daemon=True).start()
 
@@ -248,11 +261,13 @@ def test_sigkilled_worker_is_retried_and_matches_a_clean_run(tmp_path: Path) -> 
     table = _frames(24)
     shards = write_table_shards(table, 2, tmp_path / "shards")
     events: list[WorkerEvent] = []
+    gate = tmp_path / "gate"
+    gate.mkdir()
 
     def on_start(ev: WorkerEvent) -> None:
         events.append(ev)
         if ev.worker == 0 and ev.attempt == 0:
-            _when_first_part(ev.out_dir, lambda: os.kill(ev.pid, signal.SIGKILL))
+            _when_parked([gate / "reached-0"], lambda: os.kill(ev.pid, signal.SIGKILL))
 
     summary = embed_all(
         shards,
@@ -263,7 +278,9 @@ def test_sigkilled_worker_is_retried_and_matches_a_clean_run(tmp_path: Path) -> 
         tmp_path / "out",
         n_workers=2,
         on_worker_start=on_start,
-        initializer=slow_first_attempt_of_worker0,
+        initializer=functools.partial(
+            park_after_first_part, {0: str(tmp_path / "out" / "shard-000")}, str(gate)
+        ),
     )
 
     w0 = summary["workers"][0]
@@ -312,11 +329,15 @@ def test_sigterm_stops_workers_and_resume_completes(tmp_path: Path) -> None:
     table = _frames(16, seed=3)
     shards = write_table_shards(table, 2, tmp_path / "shards")
     pids: list[int] = []
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    out_dirs = {k: str(tmp_path / "out" / f"shard-{k:03d}") for k in (0, 1)}
 
-    def on_start(ev: WorkerEvent) -> None:
-        pids.append(ev.pid)
-        if ev.worker == 0:
-            _when_first_part(ev.out_dir, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    def stop_then_release() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # both workers are parked with parts still to do
+        (gate / "go").touch()
+
+    _when_parked([gate / "reached-0", gate / "reached-1"], stop_then_release)
 
     with pytest.raises(Interrupted):
         embed_all(
@@ -327,8 +348,8 @@ def test_sigterm_stops_workers_and_resume_completes(tmp_path: Path) -> None:
             None,
             tmp_path / "out",
             n_workers=2,
-            on_worker_start=on_start,
-            initializer=slow_everywhere,
+            on_worker_start=lambda ev: pids.append(ev.pid),
+            initializer=functools.partial(park_after_first_part, out_dirs, str(gate)),
         )
     for pid in pids:  # every worker has exited (and was reaped)
         with pytest.raises(ProcessLookupError):
