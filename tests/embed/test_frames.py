@@ -63,8 +63,9 @@ def models():
     torch.set_num_threads(threads)
 
 
-def _two_step(shard: Path, tmp: Path) -> dict[str, np.ndarray]:
-    """Scores by the other path: both embeddings written, then the MLP over them."""
+def _two_step(shard: Path, tmp: Path, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Scores by the other path: both embeddings written, then the MLP over them. ``device`` must
+    be the frame runner's: ``random:`` weights come from that device's generator."""
     from pipeline.classify.mlp import load_classifier
     from pipeline.classify.scoring import score_frames
     from pipeline.embed.runner import embed_shard
@@ -72,7 +73,9 @@ def _two_step(shard: Path, tmp: Path) -> dict[str, np.ndarray]:
     dirs = {}
     for kind in ("dnabert-s", "esm2"):
         model = DNABERT if kind == "dnabert-s" else ESM
-        cfg = EmbedConfig(EncoderConfig(model), token_budget=64, num_workers=0, part_size=5, progress=False)
+        cfg = EmbedConfig(
+            EncoderConfig(model), device=device, token_budget=64, num_workers=0, part_size=5, progress=False
+        )
         dirs[kind] = tmp / f"two-step-{kind}"
         embed_shard(shard, None, kind, cfg, dirs[kind])
     dna, prot = open_embeddings(dirs["dnabert-s"]), open_embeddings(dirs["esm2"])
@@ -318,3 +321,15 @@ def test_signal_helper_counts_and_aborts_on_a_second_signal() -> None:
     assert stop.is_set() and stop.first == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
         stop.handle(signal.SIGINT)
+
+
+@pytest.mark.gpu
+def test_cuda_one_pass_scores_equal_embedding_then_classifying(tmp_path) -> None:
+    """The CUDA path (pinned copies, per-part events, the head on the GPU, busy fraction) against
+    the two-step path on the same GPU, fp32."""
+    shard = _shard(tmp_path / "shard-000.parquet", 40, seed=9)
+    want = _two_step(shard, tmp_path, device="cuda:0")
+    result = score_shard(shard, _job(device="cuda:0", part_size=8), tmp_path / "scores")
+    assert result.device == "cuda:0" and result.parts_written == 5
+    assert 0.0 < result.busy_fraction <= 1.0 and result.models["esm2"].device_seconds > 0
+    _assert_same(_scores(tmp_path / "scores"), want)
