@@ -90,10 +90,10 @@ def _scores(out: Path) -> dict[str, np.ndarray]:
     return dict(zip(ids, scores))
 
 
-def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray], atol: float = 1e-6) -> None:
     assert sorted(got) == sorted(want)
     for i, v in want.items():
-        np.testing.assert_allclose(got[i], v, rtol=1e-5, atol=1e-6, err_msg=i)
+        np.testing.assert_allclose(got[i], v, rtol=1e-5, atol=atol, err_msg=i)
 
 
 @pytest.fixture(scope="module")
@@ -332,4 +332,4 @@ def test_cuda_one_pass_scores_equal_embedding_then_classifying(tmp_path) -> None
     result = score_shard(shard, _job(device="cuda:0", part_size=8), tmp_path / "scores")
     assert result.device == "cuda:0" and result.parts_written == 5
     assert 0.0 < result.busy_fraction <= 1.0 and result.models["esm2"].device_seconds > 0
-    _assert_same(_scores(tmp_path / "scores"), want)
+    _assert_same(_scores(tmp_path / "scores"), want, atol=1e-5)  # other batch mixes: GPU reduction order
