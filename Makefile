@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/demo
 
-.PHONY: install lint test gpu-test demo airflow bench clean
+.PHONY: install lint browser test gpu-test demo airflow bench bench-compare report-screenshot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# The real-browser tests (tests/dags/test_ui_browser.py) drive Debian's Chromium through Playwright
+# (the dev extra). Installed here when missing and we are root with apt-get (CI); elsewhere they
+# skip and say why. Playwright never downloads a browser of its own.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> apt-get install chromium (for the browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
 # pytest exits with 5 when it collects no tests, so an empty suite fails here too.
-test: lint
+test: lint browser
 	$(PY) -m pytest tests
 
 # Every test marked "gpu" on a CUDA machine, with a JSON summary (docs/testing.md). Uses the python on
@@ -44,6 +53,16 @@ airflow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks/ --benchmark-autosave
+
+# Run the benchmarks again and compare each with its previous saved run (make bench first): one
+# table per benchmark (group and name), the saved run above this one; saves this run as well.
+bench-compare: $(STAMP)
+	$(PY) -m pytest benchmarks/ --benchmark-autosave --benchmark-compare --benchmark-group-by=group,name \
+	    --benchmark-columns=min,median,iqr,rounds --benchmark-sort=name
+
+# Regenerate docs/report-screenshot.png from the sample report, in the browser test.
+report-screenshot: $(STAMP) browser
+	UPDATE_REPORT_SCREENSHOT=1 $(PY) -m pytest tests/dags/test_ui_browser.py -k sample_report -q
 
 clean:
 	rm -rf out .pytest_cache .benchmarks

@@ -17,6 +17,9 @@ from pipeline.models.dnabert_s import load_dnabert_s
 from pipeline.models.dnabert_s.model import masked_mean, pad_batch, padded_reference_forward
 from pipeline.models.packing import pack
 
+# One pytest-benchmark group per model and stage: `--benchmark-compare` tables read per group.
+pytestmark = pytest.mark.benchmark(group="dnabert-s embed")
+
 N_SEQUENCES = 48
 
 

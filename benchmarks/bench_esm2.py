@@ -17,6 +17,9 @@ from pipeline.embed.planning import plan_batches
 from pipeline.models.esm2 import load_esm2
 from pipeline.models.packing import pack
 
+# One pytest-benchmark group per model and stage: `--benchmark-compare` tables read per group.
+pytestmark = pytest.mark.benchmark(group="esm2 embed")
+
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 _RESULTS: dict[str, float] = {}
 ROUNDS = 3

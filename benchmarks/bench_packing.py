@@ -11,6 +11,9 @@ import pytest
 
 from pipeline.embed.planning import packing_efficiency, plan_batches
 
+# One pytest-benchmark group per model and stage: `--benchmark-compare` tables read per group.
+pytestmark = pytest.mark.benchmark(group="embed planning")
+
 
 def frame_lengths(kind: str, n: int, seed: int = 0) -> np.ndarray:
     """Token counts (residues + BOS/EOS) of six-frame translations.

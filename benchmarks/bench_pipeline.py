@@ -23,7 +23,10 @@ _MISSING = [
     )
     if importlib.util.find_spec(m) is None
 ]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"pipeline modules not present yet: {_MISSING}")
+pytestmark = [
+    pytest.mark.skipif(bool(_MISSING), reason=f"pipeline modules not present yet: {_MISSING}"),
+    pytest.mark.benchmark(group="pipeline end-to-end"),  # one group per model and stage
+]
 
 
 def test_pipeline_end_to_end(benchmark, synthetic_fasta, bench_size, gpu, tmp_path):

@@ -19,6 +19,9 @@ import pytest
 from pipeline.prepare.stage import prepare
 from pipeline.prepare.translate import STANDARD_CODE
 
+# One pytest-benchmark group per model and stage: `--benchmark-compare` tables read per group.
+pytestmark = pytest.mark.benchmark(group="prepare")
+
 TOTAL_BASES = 3_000_000
 CASES = {
     # name: (min length, max length, gzip)

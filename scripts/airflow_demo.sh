@@ -57,9 +57,15 @@ if [ ! -f "$REPORT" ]; then
     tail -n 40 "$LOG" >&2
     exit 1
 fi
+# One line: equivalence pass/fail and the regressions beyond noise by name (informational here:
+# the demo runs with fail_on_regression off, so only an equivalence failure turns it red).
+VERDICT="$("$(dirname "$AIRFLOW")/python" -c 'import sys; from validation.report import verdict_line; print(verdict_line(sys.argv[1]))' \
+    "$OUT/run" 2>/dev/null || echo "unavailable (see $LOG)")"
 if [ "$rc" -ne 0 ] || grep -q "DagRun Finished: .*state=failed" "$LOG"; then
     echo "the nightly run FAILED a check (see the report and $LOG)" >&2
+    echo "verdict: $VERDICT"
     echo "report: $REPORT"
     exit 1
 fi
+echo "verdict: $VERDICT"
 echo "report: $REPORT"
