@@ -230,9 +230,10 @@ _E2E_METRIC = re.compile(r"^runs\[(?P<label>[^\]]+)\]\.(?P<field>.+)$")
 
 
 def _e2e_runs(rows) -> list[dict[str, Any]]:
-    """End-to-end runs from the flattened metrics of one device-benchmark run (``runs[<label>].<field>``
-    rows, see docs/validation.md for the schema): label, gpus, cache, wall_s, stages, tokens_per_s,
-    gpu_busy, finish_spread."""
+    """End-to-end runs from the flattened metrics of one ``benchmarks/gpu/e2e_device.py`` run
+    (``runs[<name>].<field>`` rows; the store keeps numbers only, so the cache state is read from the
+    run's name, ``n2/warm``): label, gpus, cache, wall_s, stages, tokens_per_s (per model), gpu_busy
+    (mean busy fraction), finish_spread_s."""
     runs: dict[str, dict[str, Any]] = {}
     for metric, value in rows:
         m = _E2E_METRIC.match(metric)
@@ -240,10 +241,13 @@ def _e2e_runs(rows) -> list[dict[str, Any]]:
             continue
         run = runs.setdefault(m["label"], {"key": m["label"], "stages": {}, "tokens_per_s": {}})
         field = m["field"]
+        model = re.fullmatch(r"models\.(.+)\.tokens_per_s", field)
         if field.startswith("stages."):
             run["stages"][field.split(".", 1)[1]] = value
-        elif field.startswith("tokens_per_s."):
-            run["tokens_per_s"][field.split(".", 1)[1]] = value
+        elif model:
+            run["tokens_per_s"][model[1]] = value
+        elif field == "gpu_busy_fraction.mean":
+            run["gpu_busy"] = value
         else:
             run[field] = value
     out = []

@@ -249,29 +249,40 @@ def device_benchmark_doc(day: int = 20) -> dict[str, Any]:
 
 
 def e2e_doc(day: int = 20) -> dict[str, Any]:
-    """An end-to-end JSON (``benchmarks/gpu/e2e_device.py``'s schema, docs/validation.md): whole predict
-    runs on 1 and 2 GPUs, cold and warm compile cache, with wall time by stage."""
+    """An end-to-end JSON in ``benchmarks/gpu/e2e_device.py``'s schema: whole predict runs on 1 and 2
+    GPUs, cold and warm compile cache, with wall time by stage."""
     runs = []
-    for cache, gpus, wall in (("cold", 1, 285.0), ("cold", 2, 179.0), ("warm", 1, 250.0), ("warm", 2, 150.0)):
-        embed = wall - 40.0
+    for cache, n, wall in (("cold", 1, 285.0), ("cold", 2, 179.0), ("warm", 1, 250.0), ("warm", 2, 150.0)):
         runs.append(
             {
-                "name": f"{cache}-{gpus}gpu",
-                "gpus": gpus,
+                "name": f"n{n}/{cache}",
+                "n_gpus": n,
                 "cache": cache,
                 "wall_s": wall,
-                "stages": {"prepare": 20.0, "embed": embed, "classify": 12.0, "merge": 8.0},
-                "tokens_per_s": {"esm2_t36_3B_UR50D": 67000.0 * gpus * 0.9, "DNABERT-S": 200000.0 * gpus},
-                "gpu_busy": 0.8,
-                "finish_spread": 3.0 * gpus,
+                "exit_code": 0,
+                "stages": {
+                    "prepare": 20.0,
+                    "shard": 2.0,
+                    "workers": wall - 42.0,
+                    "classify": 12.0,
+                    "merge": 8.0,
+                },
+                "models": {
+                    "esm2": {"tokens": 1.9e7, "device_s": [180.0] * n, "tokens_per_s": 67000.0 * n * 0.9},
+                    "dnabert-s": {"tokens": 3.1e7, "device_s": [60.0] * n, "tokens_per_s": 200000.0 * n},
+                },
+                "gpu_busy_fraction": {"min": 0.75, "mean": 0.8},
+                "finish_spread_s": 3.0 * n,
+                "finish_spread_pct": 1.5 * n,
             }
         )
     return {
-        "benchmark": "e2e",
-        "kind": "e2e",
+        "benchmark": "e2e_device",
+        "schema_version": 1,
         "run_id": f"e2e-sample-{day:02d}",
         "environment": _env(day, count=2),
         "runs": runs,
+        "scaling": {"wall_n2_over_n1": 179.0 / 285.0},
     }
 
 

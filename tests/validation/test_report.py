@@ -78,7 +78,7 @@ def test_full_report_is_self_contained(full_html):
     assert "<td>bench_pipeline</td>" in benchmarks and "<td>pipeline</td>" in benchmarks  # module, group
     e2e = html.split('id="e2e"')[1].split("<h2")[0]
     # 1-GPU over 2-GPU wall time of the cold runs: 285 / 179
-    assert "2 GPUs, cold cache" in e2e and f"{285 / 179:.4g}" in e2e
+    assert "2 GPUs, cold cache" in e2e and f"{285 / 179:.4g}" in e2e and "esm2 tokens/s" in e2e
 
 
 def test_regressions_against_previous_and_baseline(filled_db):
