@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core.atomic import publish_together, remove_stale_staging, staging_dir
+from pipeline.core.atomic import atomic_write_text, publish_together, remove_stale_staging, staging_dir
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.prepare.fasta import read_fasta_bytes
 from pipeline.prepare.translate import FRAME_LABELS, Frame, six_frames, translate_both_strands
@@ -205,8 +205,6 @@ def write_manifest(
     """Record the four files of ``out_dir`` as one finished prepare: ``prepared.json`` with the size
     of each (``target``: write the record there instead). `prepare` calls it on its staging
     directory; tools and tests that assemble a prepared directory by hand call it when done."""
-    from pipeline.core.atomic import atomic_write_text
-
     paths = PreparedPaths.in_dir(out_dir)
     record = {
         "format": MANIFEST_FORMAT,
