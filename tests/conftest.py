@@ -64,7 +64,7 @@ def _reason(report: pytest.TestReport | pytest.CollectReport) -> str | None:
 
 
 class ResultsJson:
-    """Collects test reports and writes the summary at the end of the session."""
+    """Collects test reports; writes the summary after each test and at the end of the session."""
 
     def __init__(self, path: Path, config: pytest.Config) -> None:
         self.path = path
@@ -73,6 +73,7 @@ class ResultsJson:
         self.collect_errors: list[dict[str, Any]] = []
         self.deselected = 0
         self.started = time.time()
+        self.environment: dict[str, Any] | None = None
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
@@ -99,10 +100,21 @@ class ResultsJson:
                 entry["outcome"] = outcome
                 entry["reason"] = _reason(report)
 
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        from pipeline.core.atomic import atomic_write_text
-        from pipeline.core.runinfo import environment_info
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        # rewritten after every test, so a run killed by a time limit still leaves its results
+        self.write(exit_status=None)
 
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.write(exit_status=int(exitstatus))
+        print(f"\nresults written to {self.path}", file=sys.stderr)
+
+    def write(self, exit_status: int | None) -> None:
+        from pipeline.core.atomic import atomic_write_text
+
+        if self.environment is None:
+            from pipeline.core.runinfo import environment_info
+
+            self.environment = {**environment_info(), "attention": _attention_capabilities()}
         tests = sorted(self.tests.values(), key=lambda t: t["name"])
         totals: dict[str, int] = {}
         for t in tests:
@@ -116,16 +128,16 @@ class ResultsJson:
             "started_at": _iso(self.started),
             "finished_at": _iso(time.time()),
             "pytest_args": list(self.config.invocation_params.args),
-            "exit_status": int(exitstatus),
+            "complete": exit_status is not None,
+            "exit_status": exit_status,
             "seconds": round(time.time() - self.started, 1),
-            "environment": {**environment_info(), "attention": _attention_capabilities()},
+            "environment": self.environment,
             "totals": {**totals, "deselected": self.deselected},
             "collect_errors": self.collect_errors,
             "tests": tests,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps(doc, indent=1, default=str) + "\n")
-        print(f"\nresults written to {self.path}", file=sys.stderr)
 
 
 def _iso(seconds: float) -> str:
