@@ -36,6 +36,7 @@ from pipeline.classify.mlp import load_classifier
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.config import (
     ATTENTION_BACKENDS,
+    MODEL_KINDS,
     PRECISIONS,
     EncoderConfig,
     is_random_classifier,
@@ -56,7 +57,7 @@ SCHEMA = "virnucpro.validate/1"
 TINY_ESM = "random:esm2_t6_8M_UR50D"
 TINY_DNABERT = "random:dnabert-s-tiny"
 COMBINED = "dnabert-s+esm2"
-_KINDS = ("dnabert-s", "esm2")  # classifier input order: DNA embedding first, then protein
+_KINDS = tuple(k.name for k in MODEL_KINDS)  # classifier input order: DNA embedding first, then protein
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
     ``config.keep_cosines``).
     """
     frames = synthetic_frames(config.n, config.chunk_size, config.seed)
-    columns = {"dnabert-s": frames.nucleotide, "esm2": frames.protein}
+    columns = {k.name: getattr(frames, k.column) for k in MODEL_KINDS}  # FrameSet fields are shard columns
     specs = {"dnabert-s": config.dnabert_model, "esm2": config.esm_model}
     precisions = [p for p in config.precisions if p != "fp32"]
 
