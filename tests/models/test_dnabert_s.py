@@ -283,3 +283,17 @@ def test_registry_loads_dnabert_through_the_shared_runner_entry():
     from pipeline.models.dnabert_s.model import _out_and_mlp
 
     assert model._block is _out_and_mlp  # compile was switched off by the setting
+
+
+def test_fp32_model_is_refused_the_half_only_flash_kernel(monkeypatch):
+    # flash-attn computes in fp16/bf16 only: asking for it (or letting auto pick it) for an fp32 model
+    # must fail at load time or fall back, not crash in the first forward. Resolution runs before
+    # anything touches the device, so "cuda" needs no GPU here.
+    from pipeline.core.errors import BackendUnavailableError
+    from pipeline.models import attention
+
+    monkeypatch.setattr(attention, "HAS_FLASH_ATTN", True)
+    cfg = EncoderConfig("random:dnabert-s-tiny", precision="fp32", attention="flash-attn")
+    with pytest.raises(BackendUnavailableError, match="fp16/bf16"):
+        load_dnabert_s(cfg, "cuda")
+    assert attention.resolve_backend("auto", "cuda", alibi=True, dtype=torch.float32) == "flex"

@@ -226,7 +226,10 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
     """
     device = torch.device(device)
     backend = resolve_backend(
-        default_attention(cfg.attention, device, compile=cfg.compile), device, alibi=True
+        default_attention(cfg.attention, device, compile=cfg.compile),
+        device,
+        alibi=True,
+        dtype=DTYPES[cfg.precision],  # fp32 rules out the fp16/bf16-only flash kernels
     )
     spec = cfg.model.strip()
     if spec.startswith(RANDOM_PREFIX):
