@@ -65,3 +65,16 @@ def test_workers_report_through_files_the_display_reads(tmp_path: Path) -> None:
     seen = []
     ProgressFile(None, callback=seen.append).write(TaskProgress(1, 2, 3, 4))
     assert seen == [TaskProgress(1, 2, 3, 4)]
+
+
+def test_on_a_terminal_one_bar_shows_frames_rate_and_eta(capsys) -> None:
+    now = [0.0]
+    progress = RunProgress(200, tty=True, clock=lambda: now[0])
+    now[0] = 2.0
+    progress.update("shard-000", TaskProgress(50, 100, 1000, 4000))
+    progress.update("shard-001", TaskProgress(30, 100, 600, 4000))
+    bar = progress._bar
+    assert bar.n == 80 and bar.total == 200
+    assert "800 tok/s" in bar.postfix and "ETA 8s" in bar.postfix  # (8000 - 1600) tokens at 800/s
+    progress.close()
+    assert progress.lines == []  # the bar, no log lines
