@@ -25,8 +25,10 @@ from pipeline.models.registry import load_encoder
 # The lowest per-sequence cosine to the fp32 reference each precision must reach:
 # fp32 (packing only): the runner tests' 0.99999, measured 1 - 2e-14 (docs/validation.md);
 # fp16 0.9999 and bf16 0.999: the goals in docs/esm2.md, bf16's being validate's default --min-cosine;
-# fp8 (ESM-2's MLP in FP8): 0.99, below the 0.996 measured on ESM-2 3B (16 sequences).
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999, "bf16": 0.999, "fp8": 0.99}
+# fp8 (ESM-2's MLP in FP8): validate's fp8 thresholds (docs/validation.md), every sequence >= 0.995
+# and the mean >= 0.999 (measured on ESM-2 3B: min 0.99961, mean 0.99968).
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999, "bf16": 0.999, "fp8": 0.995}
+MIN_MEAN_COSINE = {"fp8": 0.999}
 GPU_PRECISIONS = {"esm2": ("fp32", "fp16", "bf16", "fp8"), "dnabert-s": ("fp32", "fp16", "bf16")}
 BACKENDS = ("flash-attn", "torch-varlen", "flex", "sdpa")
 # Compiling costs tens of seconds per backend; one reduced precision keeps `pytest -m gpu` short.
@@ -75,21 +77,24 @@ def load(kind: str, spec: str, device: str, **kw):
         pytest.skip(str(e))
 
 
-def compare(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
-    """Per-sequence ``(min cosine, max relative L2)`` of two ``(B, D)`` embeddings, in float64."""
+def compare(got: torch.Tensor, want: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence cosine and relative L2 error of two ``(B, D)`` embeddings, in float64."""
     got, want = got.double().cpu(), want.double().cpu()
     cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
-    rel = (got - want).norm(dim=-1) / want.norm(dim=-1)
-    return cos.min().item(), rel.max().item()
+    return cos, (got - want).norm(dim=-1) / want.norm(dim=-1)
 
 
 def check_close(got, want, precision: str, record_property, what: str) -> None:
-    cos_min, rel_max = compare(got, want)
+    cos, rel = compare(got, want)
+    cos_min, cos_mean, rel_max = cos.min().item(), cos.mean().item(), rel.max().item()
     record_property("cos_min", cos_min)
+    record_property("cos_mean", cos_mean)
     record_property("rel_l2_max", rel_max)
     goal = MIN_COSINE[precision]
     assert cos_min >= goal, f"{what}: min cosine {cos_min:.7f} < {goal} ({precision})"
     assert rel_max <= max_rel_l2(goal), f"{what}: max relative L2 {rel_max:.2e} > {max_rel_l2(goal):.2e}"
+    mean_goal = MIN_MEAN_COSINE.get(precision)
+    assert mean_goal is None or cos_mean >= mean_goal, f"{what}: mean cosine {cos_mean:.7f} < {mean_goal}"
 
 
 @pytest.fixture(scope="module")
