@@ -156,6 +156,8 @@ def predict_config(
         resume=bool(params.get("resume", False)),
         demo=bool(params.get("demo", False)),
         progress=False,  # task logs are files: no progress bars
+        # embed and classify on different hosts, or a later rescoring/training, need the embeddings
+        keep_embeddings=bool(params.get("keep_embeddings", False)),
     )
 
 

@@ -251,3 +251,27 @@ def test_resume_with_another_chunk_size_is_refused_before_touching_the_run(tmp_p
         _invoke(["predict", str(fa), "-o", str(out), "--demo", "--chunk-size", "500", "--resume"]).exit_code
         == 0
     )
+
+
+@pytest.mark.slow
+def test_kept_embeddings_rescore_to_the_same_scores(tmp_path) -> None:
+    """--keep-embeddings writes both models' float32 parts; scoring them with the two-step path
+    (`classify`, as `virnucpro train` and a rescoring read them) gives the one-pass scores."""
+    import pyarrow.parquet as pq
+
+    from pipeline.classify.scoring import classify
+
+    fa = _fasta(tmp_path / "in.fa", {f"r{i}": _coding_dna(60 + 20 * i, seed=i) for i in range(4)})
+    out = tmp_path / "out"
+    assert _invoke(["predict", str(fa), "-o", str(out), "--demo", "--keep-embeddings"]).exit_code == 0
+    dirs = {kind: sorted((out / "embeddings" / kind).iterdir()) for kind in ("dnabert-s", "esm2")}
+    assert [d.name for d in dirs["esm2"]] == ["shard-000"] == [d.name for d in dirs["dnabert-s"]]
+    again = classify(out, dirs["dnabert-s"], dirs["esm2"], "random", tmp_path / "rescored.parquet")
+    one_pass, two_step = pq.read_table(out / "frame_scores.parquet"), pq.read_table(again)
+    assert one_pass.column("id").to_pylist() == two_step.column("id").to_pylist()
+    np.testing.assert_allclose(
+        one_pass.column("score_virus").to_numpy(), two_step.column("score_virus").to_numpy(), atol=1e-6
+    )
+    assert not (tmp_path / "plain" / "embeddings").exists()
+    assert _invoke(["predict", str(fa), "-o", str(tmp_path / "plain"), "--demo"]).exit_code == 0
+    assert not (tmp_path / "plain" / "embeddings").exists()  # not written unless asked
