@@ -1,6 +1,6 @@
 """Turn per-frame scores into the original tool's output files plus a per-record summary.
 
-Files (all tab-separated, written atomically):
+Files (all tab-separated; `merge` publishes the three together or none of them):
 
 - ``prediction_results.txt`` - one row per kept frame, in ``protein.faa`` order, header
   ``Sequence_ID  Prediction  score1  score2``. ``score1`` = P(others), ``score2`` = P(virus), printed the
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_open
+from pipeline.core.atomic import atomic_open, publish_together, remove_stale_staging, staging_dir
 from pipeline.core.errors import InputError, OutputIntegrityError
 
 if TYPE_CHECKING:
@@ -248,7 +248,8 @@ def read_scores(scores_path: str | Path) -> tuple[list[str], np.ndarray, np.ndar
 
 
 def merge(scores_path: str | Path, prepared_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Write the two original-format files and ``record_summary.tsv`` into ``out_dir``.
+    """Write the two original-format files and ``record_summary.tsv`` into ``out_dir``: all three
+    or, after any error (bad scores, no space, an immutable file), none - earlier ones stay as they were.
 
     Returns ``{"predictions": ..., "highestscore": ..., "summary": ...}``. With no scored frame the
     files hold their headers only (and every record is ``no_frames`` in the summary).
@@ -261,18 +262,28 @@ def merge(scores_path: str | Path, prepared_dir: str | Path, out_dir: str | Path
             "is shorter than a codon); writing header-only outputs to %s",
             out,
         )
-    predictions = write_predictions(ids, s1, s2, out / PREDICTIONS_FILE)
     cons = consensus(ids, s1, s2)
-    highest = write_highestscore(cons, out / HIGHESTSCORE_FILE)
-    table = chunk_table(ids, s1, s2, chunk_ids(prepared_dir))
-    summary = write_summary(record_summary(table), out / SUMMARY_FILE)
+    summary = record_summary(chunk_table(ids, s1, s2, chunk_ids(prepared_dir)))
+    # all three files appear together or not at all: written into a staging directory, then
+    # published with every rename undone if one fails (an earlier run's files stay as they were)
+    remove_stale_staging(out)
+    with staging_dir(out) as stage:
+        write_predictions(ids, s1, s2, stage / PREDICTIONS_FILE)
+        write_highestscore(cons, stage / HIGHESTSCORE_FILE)
+        write_summary(summary, stage / SUMMARY_FILE)
+        names = (PREDICTIONS_FILE, HIGHESTSCORE_FILE, SUMMARY_FILE)
+        publish_together([(stage / name, out / name) for name in names])
     log.info(
         "merged %d frames into %d chunk calls (%d viral)",
         len(ids),
         len(cons),
         int(cons["Is_Virus"].sum()) if len(cons) else 0,
     )
-    return {"predictions": predictions, "highestscore": highest, "summary": summary}
+    return {
+        "predictions": out / PREDICTIONS_FILE,
+        "highestscore": out / HIGHESTSCORE_FILE,
+        "summary": out / SUMMARY_FILE,
+    }
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from torch import nn
 from pipeline.core.atomic import atomic_path
 from pipeline.core.config import is_random_classifier
 from pipeline.core.errors import ModelLoadError
+from pipeline.models.weights import check_dense, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ HIDDEN_DIM = 512
 NUM_CLASSES = 2
 DEFAULT_DNA_DIM = 768
 DEFAULT_PROTEIN_DIM = 2560
+# DNABERT-S 768 + ESM-2 15B 5120: no classifier of these embeddings is wider
+MAX_INPUT_DIM = 768 + 5120
 # Module names the original MLPClassifier may be pickled under: the training script ran as
 # __main__; the other names cover copies of the class imported from the original's scripts.
 ORIGINAL_MODULES = ("__main__", "train", "prediction", "units")
@@ -148,6 +151,33 @@ def random_classifier(input_dim: int, seed: int = 0) -> MLPClassifier:
     return model.eval()
 
 
+def _check_sizes(state: Mapping[str, torch.Tensor], input_dim: int, hidden_dim: int, where: str) -> None:
+    """Before the MLP is allocated: the widths within the known ones, every tensor of the shape
+    those widths give and backed by its own bytes in the file (a stride-0 view of one float can
+    declare 8000 x 8000 in a few bytes)."""
+    if input_dim > MAX_INPUT_DIM or hidden_dim > HIDDEN_DIM:
+        raise ModelLoadError(
+            f"{where} declares a {input_dim} -> {hidden_dim} -> 2 MLP, wider than any VirNucPro classifier "
+            f"(inputs at most {MAX_INPUT_DIM} = the widest DNABERT-S + ESM-2 embeddings, hidden at most "
+            f"{HIDDEN_DIM}; the published ones are 3328 -> 512 -> 2)"
+        )
+    shapes = {
+        "hidden_layer.weight": (hidden_dim, input_dim),
+        "hidden_layer.bias": (hidden_dim,),
+        "bn1.weight": (hidden_dim,),
+        "bn1.bias": (hidden_dim,),
+        "bn1.running_mean": (hidden_dim,),
+        "bn1.running_var": (hidden_dim,),
+        "bn1.num_batches_tracked": (),
+        "output_layer.weight": (NUM_CLASSES, hidden_dim),
+        "output_layer.bias": (NUM_CLASSES,),
+    }
+    wrong = [f"{k} {tuple(v.shape)} != {shapes[k]}" for k, v in state.items() if tuple(v.shape) != shapes[k]]
+    if wrong:
+        raise ModelLoadError(f"{where}: tensor shapes do not form one MLP: {', '.join(wrong[:4])}")
+    check_dense(state, where)
+
+
 def _from_state_dict(state: Mapping[str, Any], where: str) -> MLPClassifier:
     keys = set(state)
     missing = [k for k in _STATE_KEYS if k not in keys and k != "bn1.num_batches_tracked"]
@@ -167,6 +197,7 @@ def _from_state_dict(state: Mapping[str, Any], where: str) -> MLPClassifier:
     num_class = state["output_layer.weight"].shape[0]
     if num_class != NUM_CLASSES:
         raise ModelLoadError(f"{where} has {num_class} output classes; VirNucPro classifiers have 2")
+    _check_sizes(state, int(input_dim), int(hidden_dim), where)
     model = MLPClassifier(int(input_dim), int(hidden_dim), NUM_CLASSES)
     try:
         model.load_state_dict(
@@ -185,8 +216,7 @@ def _allow_list() -> list[Any]:
 
 def _load_pth(path: Path) -> MLPClassifier:
     try:
-        with torch.serialization.safe_globals(_allow_list()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, "classifier", _allow_list())
     except pickle.UnpicklingError as exc:
         # torch's message wraps the useful line (the refused global, e.g. "posix.system", or the
         # unpickler's complaint) in advice to retry unsafely; keep only the useful line.

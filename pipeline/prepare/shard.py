@@ -7,13 +7,16 @@ token count, so GPUs given one shard each finish together.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import atomic_path, publish_together, remove_stale_staging, staging_dir
 from pipeline.core.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 SHARD_PATTERN = "shard-{:03d}.parquet"
 
@@ -96,7 +99,8 @@ def write_table_shards(
 
     Rows are ordered by ``lengths`` (default: the length of the ``protein`` column), longest first
     and stable; row ``i`` of that order goes to shard ``i % n_shards``. Files are
-    ``out_dir/shard-000.parquet`` ..., written atomically; returns them in shard order.
+    ``out_dir/shard-000.parquet`` ..., published together (all or none); shard files of an earlier
+    split into more shards are removed. Returns them in shard order.
     """
     import pyarrow.parquet as pq
 
@@ -106,13 +110,20 @@ def write_table_shards(
         lengths = np.array([len(p) for p in table.column("protein").to_pylist()], dtype=np.int64)
     order = length_sorted_order(lengths)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(n_shards):
-        path = out / SHARD_PATTERN.format(k)
-        with atomic_path(path) as tmp:
-            pq.write_table(table.take(order[k::n_shards]), tmp)
-        paths.append(path)
+    remove_stale_staging(out)
+    paths = [out / SHARD_PATTERN.format(k) for k in range(n_shards)]
+    # the shards are one split of one input: published together, never a new shard-000 beside an
+    # old shard-001 (a failed write or rename leaves the earlier set as it was)
+    with staging_dir(out) as stage:
+        for k, path in enumerate(paths):
+            with atomic_path(stage / path.name) as tmp:
+                pq.write_table(table.take(order[k::n_shards]), tmp)
+        publish_together([(stage / path.name, path) for path in paths])
+    # shards beyond n_shards from an earlier split into more shards are not part of this one
+    for extra in sorted(out.glob("shard-[0-9][0-9][0-9].parquet")):
+        if extra not in paths:
+            extra.unlink(missing_ok=True)
+            log.info("removed %s, left by an earlier split into more shards", extra)
     return paths
 
 

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.atomic import atomic_write_text, publish_together, remove_stale_staging, staging_dir
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
 from pipeline.prepare.fasta import read_fasta_bytes
 from pipeline.prepare.translate import FRAME_LABELS, Frame, six_frames, translate_both_strands
 
@@ -131,9 +131,10 @@ class PreparedPaths:
     def locate(cls, out_dir: str | os.PathLike[str]) -> PreparedPaths:
         """The files of a finished prepare in ``out_dir``, checked against its ``prepared.json``.
 
-        Raises `InputError` naming the file when the record is missing (prepare did not finish, or
-        was killed while publishing), unreadable, or when a file is missing or differs in size from
-        what prepare wrote (changed, truncated, or taken from another run).
+        Raises `InputError` naming the file when the record or a file is missing (prepare did not
+        finish, or was killed while publishing), and `OutputIntegrityError` when the record is
+        unreadable or a file differs in size from what prepare wrote (changed, truncated, or taken
+        from another run).
         """
         paths = cls.in_dir(out_dir)
         rerun = f"rerun `virnucpro prepare INPUT -o {paths.root}`"
@@ -155,7 +156,7 @@ class PreparedPaths:
                 raise InputError(f"{paths.root} is not a prepared directory: missing {path.name}; {rerun}")
             actual = path.stat().st_size
             if actual != sizes[path.name]:
-                raise InputError(
+                raise OutputIntegrityError(
                     f"{path} is {actual} bytes but prepare wrote {sizes[path.name]} ({MANIFEST}): it was "
                     f"changed, truncated or replaced after prepare finished; {rerun}"
                 )
@@ -165,14 +166,15 @@ class PreparedPaths:
         return (self.chunked, self.nucleotide, self.protein, self.frames)
 
     def read_frames(self, columns: list[str]):
-        """Columns of ``frames.parquet`` as a ``pyarrow.Table``; `InputError` when it cannot be read."""
+        """Columns of ``frames.parquet`` as a ``pyarrow.Table``; `OutputIntegrityError` when it cannot
+        be read."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             return pq.read_table(self.frames, columns=columns)
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
-            raise InputError(
+            raise OutputIntegrityError(
                 f"{self.frames} cannot be read as the frame index ({str(exc).splitlines()[0][:200]}); "
                 f"rerun `virnucpro prepare INPUT -o {self.root}`"
             ) from None
@@ -191,7 +193,7 @@ def _read_manifest(record: Path, rerun: str) -> dict[str, int]:
         }
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         detail = exc if not isinstance(exc, KeyError) else f"no entry {exc}"
-        raise InputError(f"{record} is not a readable prepare record ({detail}); {rerun}") from None
+        raise OutputIntegrityError(f"{record} is not a readable prepare record ({detail}); {rerun}") from None
     return sizes
 
 

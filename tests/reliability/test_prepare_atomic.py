@@ -18,7 +18,7 @@ from faults import DEMO, entries, immutable, run_cli, run_python
 
 from pipeline.classify.merge import chunk_ids
 from pipeline.classify.scoring import frame_ids
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, OutputIntegrityError
 from pipeline.prepare.shard import write_shards
 from pipeline.prepare.stage import (
     CHUNKED_FA,
@@ -54,7 +54,7 @@ def reader_view(root: Path) -> dict[str, bytes] | None:
         PreparedPaths.locate(root)
         frame_ids(root)
         chunk_ids(root)
-    except InputError:
+    except (InputError, OutputIntegrityError):
         return None
     return {name: (root / name).read_bytes() for name in FILES}
 
@@ -225,9 +225,9 @@ def test_immutable_output_directory_keeps_the_earlier_prepare(runs: dict) -> Non
 def test_readers_refuse_files_from_two_runs(runs: dict, tmp_path: Path) -> None:
     shutil.copyfile(tmp_path / "reference" / PROTEIN_FAA, runs["out"] / PROTEIN_FAA)
     for read in (PreparedPaths.locate, frame_ids, chunk_ids):
-        with pytest.raises(InputError, match=PROTEIN_FAA):
+        with pytest.raises(OutputIntegrityError, match=PROTEIN_FAA):
             read(runs["out"])
-    with pytest.raises(InputError, match=PROTEIN_FAA):
+    with pytest.raises(OutputIntegrityError, match=PROTEIN_FAA):
         write_shards(runs["out"], 1, tmp_path / "shards")
 
 
@@ -247,5 +247,5 @@ def test_readers_refuse_a_directory_prepare_did_not_finish(runs: dict, tmp_path:
 def test_readers_refuse_a_truncated_file(runs: dict) -> None:
     frames = runs["out"] / FRAMES_PARQUET
     frames.write_bytes(frames.read_bytes()[:100])
-    with pytest.raises(InputError, match=FRAMES_PARQUET):
+    with pytest.raises(OutputIntegrityError, match=FRAMES_PARQUET):
         frame_ids(runs["out"])

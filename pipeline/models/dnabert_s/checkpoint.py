@@ -30,6 +30,7 @@ from pipeline.models.dnabert_s.model import (
     default_attention,
 )
 from pipeline.models.dnabert_s.tokenizer import DNABERTTokenizer, random_bpe_tokenizer_json
+from pipeline.models.weights import check_dense, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,32 @@ def read_config(directory: Path) -> DNABERTArch:
         raise ModelLoadError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} does not hold a JSON object")
-    return DNABERTArch.from_config(data, str(path))
+    arch = DNABERTArch.from_config(data, str(path))
+    check_arch(arch, str(path))
+    return arch
+
+
+#: The published DNABERT-S (and DNABERT-2) configuration: no checkpoint may be larger in any field.
+KNOWN_ARCH = RANDOM_ARCHS["dnabert-s"]
+
+
+def check_arch(arch: DNABERTArch, source: str) -> None:
+    """Refuse a config.json that declares a model larger than DNABERT-S in any dimension, before
+    anything of that size is allocated (smaller configs are the tests' and distilled models')."""
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "type_vocab_size",
+    ):
+        value, known = getattr(arch, name), getattr(KNOWN_ARCH, name)
+        if value > known:
+            raise ModelLoadError(
+                f"{source} declares {name}={value}, larger than DNABERT-S ({name}={known}); this loader "
+                "reads DNABERT-S / DNABERT-2 checkpoints with their own config.json"
+            )
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -88,7 +114,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read safetensors file {path}: {exc}") from None
 
 
@@ -115,7 +141,7 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         return state
     if pickled.is_file():
         try:
-            state = torch.load(pickled, map_location="cpu", weights_only=True)
+            state = load_torch_file(pickled, "DNABERT-S checkpoint")
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
@@ -196,9 +222,21 @@ def _init_random(backbone: DNABERTBackbone, arch: DNABERTArch, seed: int) -> Non
                 param.normal_(0.0, std, generator=gen)
 
 
-def _build(arch: DNABERTArch, tokenizer: DNABERTTokenizer, spec: str, device: torch.device) -> PackedDNABERTS:
-    # Build on the meta device and materialize once on the target device: no CPU round trip and
-    # no default initialization that would be overwritten anyway.
+def _build(
+    arch: DNABERTArch,
+    tokenizer: DNABERTTokenizer,
+    spec: str,
+    device: torch.device,
+    state: dict[str, torch.Tensor] | None = None,
+    source: str = "checkpoint",
+) -> PackedDNABERTS:
+    """The model on ``device``; filled from ``state`` when given, else left for `_init_random`.
+
+    It is built on the meta device first (no memory, no default initialization that would be
+    overwritten anyway) and ``state`` is checked against it - every tensor backed by its own bytes,
+    every name and shape as ``arch`` declares - before anything is allocated on ``device``, so a
+    small file that declares a large model is refused without allocating that model.
+    """
     with torch.device("meta"):
         info = EncoderInfo(
             kind="dnabert-s",
@@ -210,8 +248,16 @@ def _build(arch: DNABERTArch, tokenizer: DNABERTTokenizer, spec: str, device: to
             params=0,
         )
         model = PackedDNABERTS(arch, tokenizer, info)
+    if state is not None:
+        check_dense(state, source)
+        expected = {k: v.shape for k, v in model.bert.state_dict().items()}
+        state = normalize_state_dict(state, expected, source=source)
     model.to_empty(device=device)
     model._finite.reset(device)
+    if state is not None:
+        with torch.no_grad():
+            for key, target in model.bert.state_dict().items():
+                target.copy_(state[key])
     params = sum(p.numel() for p in model.parameters())
     model.info = replace(info, params=params)
     return model
@@ -256,12 +302,7 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
                 f"config.json vocab_size={arch.vocab_size}; tokenizer and weights do not belong together"
             )
         state = read_state_dict(directory)
-        model = _build(arch, tokenizer, spec, device)
-        expected = {k: v.shape for k, v in model.bert.state_dict().items()}
-        state = normalize_state_dict(state, expected, source=str(directory))
-        with torch.no_grad():
-            for key, target in model.bert.state_dict().items():
-                target.copy_(state[key])
+        model = _build(arch, tokenizer, spec, device, state, source=str(directory))
     model = model.to(DTYPES[cfg.precision])
     model.reset_alibi()
     model.backend = backend
@@ -282,6 +323,8 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
 
 
 __all__ = [
+    "KNOWN_ARCH",
+    "check_arch",
     "load_dnabert_s",
     "normalize_state_dict",
     "read_config",

@@ -17,6 +17,7 @@ import torch
 from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import ModelLoadError
 from pipeline.models.esm2.model import PackedESM2
+from pipeline.models.weights import check_dense, load_torch_file, positive_ints, shape_problems
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ def _build_esm2(arch: ESM2Arch, device: torch.device, token_dropout: bool = True
 
 
 def safe_torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` allowing exactly what fair-esm ESM-2 checkpoints pickle."""
+    """``torch.load(weights_only=True, mmap=True)`` allowing exactly what fair-esm ESM-2 checkpoints
+    pickle, after `pipeline.models.weights.check_torch_archive` (no zip bombs, no legacy format)."""
     try:
-        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_torch_file(path, "ESM-2 checkpoint", SAFE_CHECKPOINT_GLOBALS)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
             f"refused to load {path}: it contains pickled objects outside the ESM-2 checkpoint allow-list "
@@ -72,40 +73,77 @@ def safe_torch_load(path: Path) -> Any:
             f"Details: {str(exc).splitlines()[-1] if str(exc) else exc}. "
             "Use an original fair-esm checkpoint"
         ) from None
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
         raise ModelLoadError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def check_arch(arch: ESM2Arch, source: str) -> None:
+    """Refuse an architecture larger than the largest ESM-2 in any dimension, or one that is no
+    transformer (width not divisible by heads, odd rotary head width). Other sizes than the six
+    published ones are allowed (tests and distilled models use them) once their tensors match."""
+    if arch in ESM2_ARCHS.values():
+        return
+    name, largest = max(ESM2_ARCHS.items(), key=lambda item: item[1].embed_dim)
+    for field in ("num_layers", "embed_dim", "attention_heads"):
+        if getattr(arch, field) > getattr(largest, field):
+            raise ModelLoadError(
+                f"{source}: its cfg declares {field}={getattr(arch, field)}, larger than the largest ESM-2 "
+                f"({name}: {largest}); known sizes: {', '.join(ESM2_ARCHS)}. Use a fair-esm ESM-2 checkpoint"
+            )
+    if arch.embed_dim % arch.attention_heads or (arch.embed_dim // arch.attention_heads) % 2:
+        raise ModelLoadError(
+            f"{source}: its cfg declares embed_dim={arch.embed_dim} with {arch.attention_heads} heads; ESM-2 "
+            "needs a width divisible by the heads into an even head width. Use a fair-esm ESM-2 checkpoint"
+        )
+    log.info(
+        "%s: %s is not one of the published ESM-2 sizes; loading it because its tensors match", source, arch
+    )
 
 
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 
 
 def esm2_from_checkpoint(model_data: Any, source: str, device: torch.device) -> torch.nn.Module:
-    """Build a fair-esm ``ESM2`` from a loaded fair-esm checkpoint dict (``{"model", "cfg"}``)."""
+    """Build a fair-esm ``ESM2`` from a loaded fair-esm checkpoint dict (``{"model", "cfg"}``).
+
+    Nothing of the declared size is allocated before the declaration is checked: the cfg against
+    the known sizes (`check_arch`), each tensor against the bytes behind it
+    (`pipeline.models.weights.check_dense`), and the model built on the meta device against the
+    tensors' names and shapes. Only then is the model built on ``device`` and filled.
+    """
+    not_esm = (
+        f"{source} is not a fair-esm ESM-2 checkpoint: expected {{'model': state_dict, 'cfg': {{'model': "
+        "Namespace(encoder_layers, encoder_embed_dim, encoder_attention_heads, ...)}}}}"
+    )
     try:
         cfg = model_data["cfg"]["model"]
-        arch = ESM2Arch(int(cfg.encoder_layers), int(cfg.encoder_embed_dim), int(cfg.encoder_attention_heads))
+        sizes = {
+            "num_layers": cfg.encoder_layers,
+            "embed_dim": cfg.encoder_embed_dim,
+            "attention_heads": cfg.encoder_attention_heads,
+        }
         token_dropout = bool(getattr(cfg, "token_dropout", True))
         raw_state = model_data["model"]
         state = {_PREFIX.sub("", k): v for k, v in raw_state.items()}
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ModelLoadError(
-            f"{source} is not a fair-esm ESM-2 checkpoint: expected {{'model': state_dict, 'cfg': {{'model': "
-            f"Namespace(encoder_layers, encoder_embed_dim, encoder_attention_heads, ...)}}}} ({exc!r})"
-        ) from None
-    model = _build_esm2(arch, device, token_dropout)
-    expected = set(model.state_dict())
+        raise ModelLoadError(f"{not_esm} ({exc!r})") from None
+    arch = ESM2Arch(**positive_ints(sizes, f"{source}: cfg"))
+    check_arch(arch, source)
+    check_dense(state, source)
+    meta_model = _build_esm2(arch, torch.device("meta"), token_dropout)  # shapes only, no memory
+    expected = {k: v.shape for k, v in meta_model.state_dict().items()}
+    # the contact head's regression lives in a separate file fair-esm may not ship; it is never used
     optional = {"contact_head.regression.weight", "contact_head.regression.bias"}
-    missing = expected - set(state) - optional
-    unexpected = set(state) - expected
-    if missing or unexpected:
+    problems = shape_problems({k: v for k, v in expected.items() if k not in optional or k in state}, state)
+    if problems:
         raise ModelLoadError(
-            f"{source}: weights do not match ESM-2 {arch}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+            f"{source}: weights do not match ESM-2 {arch} from its cfg: " + "; ".join(problems)
         )
+    model = _build_esm2(arch, device, token_dropout)
     try:
         model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches: the cfg does not describe these tensors
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+    except RuntimeError as exc:  # dtype trouble the shape check cannot see
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), str(exc))
         raise ModelLoadError(f"{source}: weights do not match ESM-2 {arch} from its cfg ({first})") from None
     return model
 
