@@ -209,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the run directories in --work")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny models, a few reads")
     p.add_argument("--extra", default="", help="more predict options, e.g. '--compile'")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="this script's JSON from a 1-GPU machine: adds the scaling ratio and the label check against it",
+    )
     args = p.parse_args(argv)
 
     from pipeline.core.runinfo import environment_info, new_run_id, utc_now
@@ -252,10 +258,23 @@ def main(argv: list[str] | None = None) -> int:
     def write(environment: dict[str, Any]) -> None:
         from pipeline.core.atomic import atomic_write_text
 
-        scaling = {}
+        scaling: dict[str, Any] = {}
         warm = {
             r["n_gpus"]: r["wall_s"] for r in runs if r.get("cache") == caches[-1] and r.get("exit_code") == 0
         }
+        digests = {(r.get("labels") or {}).get("sha256") for r in runs if r.get("labels")}
+        if args.baseline is not None:
+            base = json.loads(args.baseline.read_text())
+            base_runs = [r for r in base.get("runs", []) if r.get("n_gpus") == 1 and r.get("exit_code") == 0]
+            base_warm = [r["wall_s"] for r in base_runs if r.get("cache") == "warm"] or [
+                r["wall_s"] for r in base_runs
+            ]
+            if base_warm and 1 not in warm:
+                warm[1] = base_warm[-1]
+                scaling["n1_from"] = str(args.baseline)
+            base_digests = {(r.get("labels") or {}).get("sha256") for r in base_runs if r.get("labels")}
+            if base.get("config", {}).get("reads") == reads_n and base_digests and digests:
+                scaling["labels_identical_to_n1"] = int(base_digests == digests and len(digests) == 1)
         if 1 in warm:
             for n, wall in warm.items():
                 if n != 1:
