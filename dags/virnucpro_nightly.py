@@ -83,7 +83,10 @@ PARAMS = {
         ".safetensors file, or random. Ignored while Demo models is on (demo uses random).",
     ),
     "precision": Param(
-        "auto", enum=["auto", *PRECISIONS], title="Precision", description="auto = fp16 on GPUs, fp32 on CPU."
+        "auto",
+        enum=["auto", *PRECISIONS],
+        title="Precision",
+        description="auto = bf16 on GPUs, fp32 on CPU; fp8 = ESM-2's MLP in FP8 (Hopper).",
     ),
     "attention": Param(
         "auto",

@@ -32,14 +32,17 @@ def equivalence_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str
     import torch
 
     from pipeline.core.runinfo import utc_now
+    from pipeline.models.fp8 import fp8_unavailable_reason
     from validation.equivalence import EquivalenceConfig, Thresholds, run_equivalence, validation_document
 
     cfg = predict_config(params, run_dir)
     gpu = int(params.get("gpu_slots", 0)) > 0 and torch.cuda.is_available()
+    # an fp8 row wherever FP8 can run (Hopper/Ada with torchao installed), with the fp8 thresholds
+    fp8 = ("fp8",) if gpu and fp8_unavailable_reason("cuda") is None else ()
     config = EquivalenceConfig(
         esm_model=cfg.esm.model,
         dnabert_model=cfg.dnabert.model,
-        precisions=("fp16", "bf16") if gpu else ("bf16",),
+        precisions=("fp16", "bf16", *fp8) if gpu else ("bf16",),
         attentions=(cfg.esm.attention,),
         n=int(params.get("validation_sequences", 16)),
         device="cuda" if gpu else "cpu",

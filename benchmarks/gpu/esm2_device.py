@@ -1,22 +1,36 @@
-"""ESM-2 on one device: packed fp16/bf16 equivalence against fair-esm's padded fp32 forward, and
-throughput of packed (eager and compiled) against vanilla fair-esm padded fp16, same data, same run.
+"""ESM-2 on one device: fidelity of packed fp16 / bf16 / fp8 against fair-esm's padded fp32 forward,
+throughput of vanilla fair-esm and of the packed engine in each precision on three length mixes, and
+the gain of each engine technique measured by switching it off - all in one run, on the same data.
 
-Part A (equivalence): >= 2,000 random proteins of mixed lengths (mostly 30-166 aa, some up to 1022).
+Part A (fidelity): >= 2,000 random proteins of mixed lengths (mostly 30-166 aa, some up to 1022).
 The reference is fair-esm's own ``ESM2.forward`` in fp32 (TF32 off) on length-sorted padded batches;
-the packed path runs the same seeded weights cast to fp16 and to bf16. Per-sequence cosine of the
-pooled embeddings: min, 0.1th percentile, mean. Goals: min >= 0.9999 (fp16), >= 0.999 (bf16).
+the packed engine runs the same seeded weights in fp16, bf16 and fp8 (bf16 with the MLP's Linear
+layers in FP8, `pipeline.models.fp8`; plus ``fp8-all-linear``: every Linear layer in FP8, and
+``fp8-mlp+out``, for the choice). Per-sequence cosine of the pooled embeddings (min, 0.1th
+percentile, mean) and relative L2.
+Goals: cosine min >= 0.9999 (fp16), >= 0.999 (bf16); fp8 mean >= 0.999 and min >= 0.995.
 
-Part B (throughput, fp16; fp32 in --smoke): two mixes, short reads (30-60 aa) and 500 bp frames (120-166 aa).
+Part B (throughput): three mixes: short reads (30-60 aa), 500 bp frames (120-166 aa) and wide
+(30-400 aa).
 - vanilla: fair-esm's ``ESM2.forward`` in fp16 on length-sorted padded batches (fair-esm's own
   ``toks_per_batch`` rule: batch size x longest length <= budget), residue mean in one masked sum;
-- packed eager / packed compiled: `PackedESM2` with the best available attention backend,
-  token-budget packed batches (`pipeline.embed.planning.plan_batches`, first-fit decreasing), `embed_packed`.
-Tokens/s counts real tokens (residues + BOS + EOS). Each path runs one warm-up pass over a few
-batches, then one timed pass over all of them (inputs already on the device).
-Goals on one H200 with ESM-2 3B: >= 100K tokens/s and >= 2.5x vanilla.
+- packed fp16 / bf16 / fp8 / fp8-all-linear: `PackedESM2` (compiled, the best attention backend)
+  on token-budget packed batches (`pipeline.embed.planning.plan_batches`, first-fit decreasing),
+  ``embed_packed`` (forward + pooling).
+Tokens/s counts real tokens (residues + BOS + EOS). Each path runs a warm-up pass over a few batches
+(compilation included), then one timed pass over all of them (inputs already on the device).
+
+Part C (ablation, bf16, 500 bp mix): the packed bf16 engine with one technique switched off at a
+time (eager instead of compiled, ``dynamic=True`` compilation, erf GELU instead of the matmul
+epilogue) and at other token budgets. (The v2 result JSON also has a row "residual add unfused": a
+deferred residual add fused with the next LayerNorm measured no gain and was dropped.)
+
+Goals on one H200 with ESM-2 3B: fp16 or bf16 >= 105K tokens/s on every mix and >= 2.5x vanilla on
+the wide mix; fp8 >= 140K tokens/s at the fidelity above.
 
 Usage (GPU):  python benchmarks/gpu/esm2_device.py --out esm2.json
-Usage (CPU):  python benchmarks/gpu/esm2_device.py --smoke --out /tmp/esm2.json
+Usage (CPU):  python benchmarks/gpu/esm2_device.py --smoke --out /tmp/esm2.json   (fp32 only; fp8 is
+              refused on CPU and recorded as such)
 """
 
 from __future__ import annotations
@@ -35,17 +49,20 @@ import numpy as np  # noqa: E402
 from benchmarks.gpu.common import padded_plan, preload_packed, save, synchronize, timed  # noqa: E402
 from validation.metrics import cosine_stats  # noqa: E402
 
-SCHEMA = "virnucpro.bench.esm2/1"
+SCHEMA = "virnucpro.bench.esm2/2"
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+ALL_LINEAR = ("qkv", "out", "fc1", "fc2")
+#: fp8 rows: the engine's default selection (None = `FP8_TARGETS`) and two others, for the decision
+FP8_VARIANTS = (("fp8", None), ("fp8-all-linear", ALL_LINEAR), ("fp8-mlp+out", ("out", "fc1", "fc2")))
 
 GPU = {
     "model": "random:esm2_t36_3B_UR50D",
     "n_cos": 2000,
     "ref_budget": 16384,
-    "budget": 32768,
-    "short_tokens": 600_000,
-    "frame_tokens": 600_000,
-    "warmup_batches": 4,
+    "budget": 65536,
+    "mix_tokens": 400_000,
+    "ablation_tokens": 250_000,
+    "warmup_batches": 2,
     "max_len": 1022,
 }
 SMOKE = {
@@ -53,11 +70,14 @@ SMOKE = {
     "n_cos": 8,
     "ref_budget": 512,
     "budget": 512,
-    "short_tokens": 300,
-    "frame_tokens": 300,
+    "mix_tokens": 300,
+    "ablation_tokens": 300,
     "warmup_batches": 1,
     "max_len": 120,
 }
+MIXES = {"short_reads_30-60aa": (30, 60), "frames_500bp_120-166aa": (120, 166), "wide_30-400aa": (30, 400)}
+GOAL_COS_MIN = {"fp16": 0.9999, "bf16": 0.999, "fp8": 0.995, "fp8-all-linear": 0.995, "fp8-mlp+out": 0.995}
+GOAL_COS_MEAN = {"fp8": 0.999, "fp8-all-linear": 0.999, "fp8-mlp+out": 0.999}
 
 
 def random_proteins(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -113,193 +133,447 @@ def padded_pool(rep, tokens, special: tuple[int, int, int]):
     return (rep.float() * w).sum(1) / keep.sum(1, keepdim=True).clamp(min=1).float()
 
 
+class Bench:
+    """State of one run: data, reference, result document, clock."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
+        from pipeline.core.runinfo import environment_info
+
+        self.args = args
+        self.sizes = SMOKE if args.smoke else GPU
+        self.device = torch.device("cpu" if args.smoke else args.device)
+        self.spec = args.model or self.sizes["model"]
+        self.budget = args.budget or self.sizes["budget"]
+        self.t_start = time.perf_counter()
+        self.rng = np.random.default_rng(args.seed)
+        self.result: dict[str, Any] = {
+            "schema": SCHEMA,
+            "environment": environment_info(),
+            "machine": _machine(self.device),
+            "config": {
+                "model": self.spec,
+                "device": str(self.device),
+                "seed": args.seed,
+                **self.sizes,
+                "budget": self.budget,
+            },
+            "equivalence": {},
+            "throughput": [],
+            "ablation": [],
+            "skipped": [],
+        }
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t_start:6.1f}s] {msg}", flush=True)
+
+    def time_left(self) -> float:
+        return self.args.max_seconds - (time.perf_counter() - self.t_start)
+
+    def save(self) -> None:
+        self.result["seconds_total"] = time.perf_counter() - self.t_start
+        save(self.args.out, self.result)
+
+    def free(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _machine(device) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    info: dict[str, Any] = {"host_cpu_count": __import__("os").cpu_count(), "platform": platform.platform()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            compute_capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+        )
+    versions = {"torch": torch.__version__}
+    for name in ("triton", "torchao", "esm"):
+        try:
+            versions[name] = getattr(__import__(name), "__version__", "installed")
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded, not fatal
+            versions[name] = None
+    info["versions"] = versions
+    return info
+
+
+def load(b: Bench, precision: str, *, compile_: bool, base=None, fp8_targets=None):
+    """A packed engine in ``precision``; ``base`` (an engine already loaded) lends its weights so that
+    an fp8 variant needs no second copy of the fair-esm module."""
+    from pipeline.core.config import EncoderConfig
+    from pipeline.models.esm2 import PackedESM2, load_esm2
+
+    t0 = time.perf_counter()
+    if base is None:
+        cfg = EncoderConfig(b.spec, precision=precision, attention="auto", seed=b.args.seed)
+        m = load_esm2(cfg, b.device)
+        if m.compiled and not compile_:
+            m.disable_compile()
+    else:
+        m = PackedESM2(
+            base.esm, spec=b.spec, precision=precision, backend=base.backend, fp8_targets=fp8_targets
+        )
+    if compile_ and not m.compiled:
+        m.enable_compile(b.args.compile_backend)
+    b.log(
+        f"loaded {b.spec} {precision} backend={m.backend} compiled={m.compiled} fp8={m.fp8_targets} "
+        f"gelu_epilogue={m.gelu_epilogue} in {time.perf_counter() - t0:.1f}s"
+    )
+    return m
+
+
+def reference(b: Bench, seqs: list[str]):
+    """fair-esm fp32 padded forward (TF32 off), residue-mean pooled: ``(N, D) float32``."""
+    import torch
+
+    m = load(b, "fp32", compile_=False)
+    tok = m.tokenizer
+    ids = [tok.encode(s) for s in seqs]
+    lens = [t.size for t in ids]
+    special = (tok.cls_idx, tok.eos_idx, tok.pad_id)
+    ref = torch.empty(len(seqs), m.embed_dim, dtype=torch.float32, device=b.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for toks, idx in padded_batches(ids, padded_plan(lens, b.sizes["ref_budget"]), tok.pad_id, b.device):
+            rep = m.esm(toks, repr_layers=[m.num_layers])["representations"][m.num_layers]
+            ref[torch.as_tensor(idx, device=b.device)] = padded_pool(rep, toks, special)
+        synchronize(b.device)
+    b.log(f"fp32 reference for {len(seqs)} sequences in {time.perf_counter() - t0:.1f}s")
+    del m
+    b.free()
+    return ref, ids
+
+
+def fidelity(b: Bench, name: str, m, ids: list[np.ndarray], ref) -> dict[str, Any]:
+    import torch
+
+    out = torch.empty_like(ref)
+    plan = pack_plan([t.size for t in ids], b.budget)
+    with torch.inference_mode():
+        for i, cu, maxlen, idx in preload_packed(ids, plan, b.device, cu_on_device=False):
+            out[torch.as_tensor(idx, device=b.device)] = m.embed_packed(i, cu, maxlen)
+    m.check_finite(f"fidelity {name}")
+    stats = cosine_stats(out, ref)
+    stats.update(backend=m.backend, fp8_targets=list(m.fp8_targets), gelu_epilogue=m.gelu_epilogue)
+    goal = GOAL_COS_MIN.get(name)
+    if goal is not None:
+        stats["goal_cos_min"] = goal
+        stats["goal_cos_mean"] = GOAL_COS_MEAN.get(name)
+        stats["pass"] = stats["cos_min"] >= goal and stats["cos_mean"] >= GOAL_COS_MEAN.get(name, 0.0)
+    b.log(f"fidelity {name}: {json.dumps({k: v for k, v in stats.items() if k.startswith('cos')})}")
+    return stats
+
+
+def throughput(b: Bench, m, mix: str, data: dict[str, Any], path: str, budget: int | None = None) -> dict:
+    """Warm-up over a few batches, then one timed pass of ``embed_packed`` over the mix."""
+    import torch
+
+    budget = budget or b.budget
+    ids = data["ids"]
+    pk = preload_packed(ids, pack_plan(data["lens"], budget), b.device, cu_on_device=False)
+
+    def run(batches=pk):
+        for i, cu, maxlen, _ in batches:
+            m.embed_packed(i, cu, maxlen)
+
+    with torch.inference_mode():
+        warm_s = timed(lambda: run(pk[: b.sizes["warmup_batches"]]), b.device)
+        seconds = timed(run, b.device)
+    m.check_finite(f"throughput {mix} {path}")
+    row = {
+        "mix": mix,
+        "path": path,
+        "backend": m.backend,
+        "precision": m.precision,
+        "compiled": m.compiled,
+        "fp8_targets": list(m.fp8_targets),
+        "gelu_epilogue": m.gelu_epilogue,
+        "sequences": len(ids),
+        "tokens": data["tokens"],
+        "batches": len(pk),
+        "token_budget": budget,
+        "seconds": seconds,
+        "tokens_per_s": data["tokens"] / seconds,
+        "warmup_seconds": warm_s,
+        "efficiency": data["tokens"] / (len(pk) * budget),
+    }
+    if m.compiled:
+        row["compile_stats"] = m.compile_stats()
+    b.log(f"{mix} {path}: {row['tokens_per_s']:,.0f} tok/s ({seconds:.2f}s, warm-up {warm_s:.1f}s)")
+    return row
+
+
+def vanilla(b: Bench, m, mix: str, data: dict[str, Any]) -> dict:
+    """fair-esm's own forward on padded, length-sorted batches in ``m``'s precision."""
+    import torch
+
+    tok = m.tokenizer
+    special = (tok.cls_idx, tok.eos_idx, tok.pad_id)
+    pd = padded_batches(data["ids"], padded_plan(data["lens"], b.budget), tok.pad_id, b.device)
+
+    def run(batches=pd):
+        for toks, _ in batches:
+            rep = m.esm(toks, repr_layers=[m.num_layers])["representations"][m.num_layers]
+            padded_pool(rep, toks, special)
+
+    with torch.inference_mode():
+        warm_s = timed(lambda: run(pd[: b.sizes["warmup_batches"]]), b.device)
+        seconds = timed(run, b.device)
+    row = {
+        "mix": mix,
+        "path": "vanilla",
+        "backend": "fair-esm",
+        "precision": m.precision,
+        "sequences": len(data["ids"]),
+        "tokens": data["tokens"],
+        "batches": len(pd),
+        "token_budget": b.budget,
+        "seconds": seconds,
+        "tokens_per_s": data["tokens"] / seconds,
+        "warmup_seconds": warm_s,
+        "efficiency": data["tokens"] / sum(t.numel() for t, _ in pd),
+    }
+    b.log(f"{mix} vanilla: {row['tokens_per_s']:,.0f} tok/s ({seconds:.2f}s)")
+    return row
+
+
+def guarded(b: Bench, name: str, fn, need: float = 30.0):
+    """Run one step unless the time budget is spent; a failure is recorded, not fatal."""
+    if b.time_left() < need:
+        b.result["skipped"].append(f"{name}: time budget (--max-seconds {b.args.max_seconds})")
+        b.log(f"skip {name}: time")
+        return None
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' numbers
+        import traceback
+
+        traceback.print_exc(limit=4)
+        b.result["skipped"].append(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
+        b.log(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}")
+        return None
+
+
+def ablation(b: Bench, m, data: dict[str, Any], mix: str) -> None:
+    """bf16 engine with one technique off at a time (same data as the mix's packed bf16 row)."""
+    import torch
+
+    from pipeline.models.esm2.model import packed_layer
+
+    rows = b.result["ablation"]
+
+    def variant(name: str, setup, teardown, budget: int | None = None):
+        def go():
+            setup()
+            try:
+                row = throughput(b, m, mix, data, name, budget)
+            finally:
+                teardown()
+            rows.append(row)
+            b.save()
+
+        guarded(b, f"ablation {name}", go, need=25)
+
+    compiled_fn, compiled, epilogue = m._layer_fn, m.compiled, m.gelu_epilogue
+
+    def restore():
+        m._layer_fn, m.compiled, m.gelu_epilogue = compiled_fn, compiled, epilogue
+
+    def dynamic_true():
+        m._layer_fn = torch.compile(packed_layer, dynamic=True, backend=b.args.compile_backend)
+
+    def eager():
+        m._layer_fn, m.compiled = packed_layer, False
+
+    variant("all-techniques", lambda: None, restore)
+    if epilogue:
+        variant("erf-gelu (no matmul epilogue)", lambda: setattr(m, "gelu_epilogue", False), restore)
+    if compiled:
+        variant("compiled dynamic=True (symbolic widths)", dynamic_true, restore)
+        variant("eager (not compiled)", eager, restore)
+    for budget in (32768, 131072):
+        if budget != b.budget:
+            variant(f"token budget {budget}", lambda: None, restore, budget=budget)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from pipeline.core.config import EncoderConfig
-    from pipeline.core.runinfo import environment_info
-    from pipeline.models.esm2 import load_esm2
+    from pipeline.models.fp8 import fp8_unavailable_reason
 
-    sizes = SMOKE if args.smoke else GPU
-    device = torch.device("cpu" if args.smoke else args.device)
+    b = Bench(args)
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference must stay true fp32
     torch.backends.cudnn.allow_tf32 = False
+    # one process compiles the layer for four precisions and five ablations: more than dynamo's default
+    # eight cache entries per function, after which it would silently fall back to eager
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, 64)
     if args.smoke:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    model_spec = args.model or sizes["model"]
-    rng = np.random.default_rng(args.seed)
-    result: dict[str, Any] = {
-        "schema": SCHEMA,
-        "environment": environment_info(),
-        "config": {"model": model_spec, "device": str(device), "seed": args.seed, **sizes},
-    }
-    t_start = time.perf_counter()
+    try:
+        from pipeline.embed.planning import choose_token_budget
 
-    def load(precision: str, compile_: bool = False):
-        t0 = time.perf_counter()
-        m = load_esm2(
-            EncoderConfig(model_spec, precision=precision, attention="auto", seed=args.seed), device
+        free = torch.cuda.mem_get_info(b.device)[0] if b.device.type == "cuda" else None
+        b.result["config"]["production_token_budget"] = choose_token_budget(
+            device_type=b.device.type, hidden_size=2560, dtype_bytes=2, free_bytes=free
         )
-        if compile_:
-            m.enable_compile(args.compile_backend)
-        print(
-            f"[{time.perf_counter() - t_start:6.1f}s] loaded {model_spec} {precision} backend={m.backend} "
-            f"in {time.perf_counter() - t0:.1f}s",
-            flush=True,
-        )
-        return m
+    except Exception:  # noqa: BLE001 - informational only
+        pass
 
-    # ---- part A: equivalence ------------------------------------------------------------------
-    n_cos = args.n_cos or sizes["n_cos"]
-    cos_seqs = random_proteins(mixed_lengths(n_cos, rng, sizes["max_len"]), rng)
-    ref_model = load("fp32")
-    tok = ref_model.tokenizer
-    cos_ids = [tok.encode(s) for s in cos_seqs]
-    lens = [t.size for t in cos_ids]
-    special = (tok.cls_idx, tok.eos_idx, tok.pad_id)
-    ref = torch.empty(n_cos, ref_model.embed_dim, dtype=torch.float32, device=device)
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for toks, idx in padded_batches(cos_ids, padded_plan(lens, sizes["ref_budget"]), tok.pad_id, device):
-            rep = ref_model.esm(toks, repr_layers=[ref_model.num_layers])["representations"][
-                ref_model.num_layers
-            ]
-            ref[torch.as_tensor(idx, device=device)] = padded_pool(rep, toks, special)
-        synchronize(device)
-    print(
-        f"[{time.perf_counter() - t_start:6.1f}s] fp32 reference for {n_cos} sequences in "
-        f"{time.perf_counter() - t0:.1f}s",
-        flush=True,
-    )
-    del ref_model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    # ---- data ----------------------------------------------------------------------------------
+    n_cos = args.n_cos or b.sizes["n_cos"]
+    cos_seqs = random_proteins(mixed_lengths(n_cos, b.rng, b.sizes["max_len"]), b.rng)
+    ref, cos_ids = reference(b, cos_seqs)
+    b.save()
+    from pipeline.models.esm2 import ESM2Tokenizer
 
-    equivalence = {}
-    cos_plan = pack_plan(lens, sizes["budget"])
-    for precision in ("fp16", "bf16"):
-        m = load(precision)
-        out = torch.empty_like(ref)
-        with torch.inference_mode():
-            for ids, cu, maxlen, idx in preload_packed(cos_ids, cos_plan, device, cu_on_device=False):
-                out[torch.as_tensor(idx, device=device)] = m.embed_packed(ids, cu, maxlen)
-        m.check_finite(f"equivalence {precision}")
-        stats = cosine_stats(out, ref)
-        stats["backend"] = m.backend
-        stats["goal_cos_min"] = 0.9999 if precision == "fp16" else 0.999
-        stats["pass"] = stats["cos_min"] >= stats["goal_cos_min"]
-        equivalence[precision] = stats
-        print(f"[{time.perf_counter() - t_start:6.1f}s] {precision} vs fp32: {json.dumps(stats)}", flush=True)
-        del m, out
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    result["equivalence"] = equivalence
-    save(args.out, result)  # partial results survive a later failure or timeout
-
-    # ---- part B: throughput ---------------------------------------------------------------------
-    precision = args.bench_precision
-    model = load(precision)
-    vanilla = model.esm  # fair-esm's ESM2 cast to the precision: what `model.half()` users run
-    mixes = {
-        "short_reads_30-60aa": (30, 60, sizes["short_tokens"]),
-        "frames_500bp_120-166aa": (120, 166, sizes["frame_tokens"]),
-    }
-    budget = args.budget or sizes["budget"]
-    throughput = []
-    for mix, (lo, hi, tokens) in mixes.items():
-        seqs = random_proteins(lengths_for_tokens(lo, hi, tokens, rng), rng)
+    tok = ESM2Tokenizer.default()
+    mixes: dict[str, dict[str, Any]] = {}
+    for mix, (lo, hi) in MIXES.items():
+        seqs = random_proteins(lengths_for_tokens(lo, hi, b.sizes["mix_tokens"], b.rng), b.rng)
         ids = [tok.encode(s) for s in seqs]
         lens = [t.size for t in ids]
-        real_tokens = int(sum(lens))
-        pk = preload_packed(ids, pack_plan(lens, budget), device, cu_on_device=False)
-        pd = padded_batches(ids, padded_plan(lens, budget), tok.pad_id, device)
-        packing_eff = real_tokens / (len(pk) * budget)
-        padded_eff = real_tokens / sum(t.numel() for t, _ in pd)
-        warm = sizes["warmup_batches"]
+        mixes[mix] = {"ids": ids, "lens": lens, "tokens": int(sum(lens))}
 
-        def run_vanilla(batches=pd):
-            for toks, _ in batches:
-                rep = vanilla(toks, repr_layers=[model.num_layers])["representations"][model.num_layers]
-                padded_pool(rep, toks, special)
+    # ---- per precision: fidelity, throughput (and vanilla / ablation on the way) -----------------
+    precisions = ["fp32"] if args.smoke and not args.all_precisions else ["fp16", "bf16"]
+    fp8_reason = fp8_unavailable_reason(b.device)
+    compile_ = not args.smoke or args.compile_backend != "none"
+    for precision in precisions:
+        m = guarded(b, f"load {precision}", lambda p=precision: load(b, p, compile_=compile_), need=20)
+        if m is None:
+            continue
+        stats = guarded(b, f"fidelity {precision}", lambda m=m, p=precision: fidelity(b, p, m, cos_ids, ref))
+        if stats is not None:
+            b.result["equivalence"][precision] = stats
+        b.save()
+        for mix, data in mixes.items():
+            if precision == precisions[0]:
+                row = guarded(b, f"vanilla {mix}", lambda m=m, mix=mix, d=data: vanilla(b, m, mix, d))
+                if row is not None:
+                    b.result["throughput"].append(row)
+            row = guarded(
+                b,
+                f"packed {precision} {mix}",
+                lambda m=m, mix=mix, d=data, p=precision: throughput(b, m, mix, d, f"packed-{p}"),
+            )
+            if row is not None:
+                b.result["throughput"].append(row)
+            b.save()
+        # priority order under --max-seconds: the default fp8, all-Linear fp8, the ablation, then mlp+out
+        fp8_now = precision == "bf16" and fp8_reason is None
+        fp8_phases = [FP8_VARIANTS[:2], FP8_VARIANTS[2:]] if fp8_now else []
+        if fp8_phases:
+            fp8_rows(b, m, fp8_phases[0], mixes, cos_ids, ref)
+        if precision in ("bf16", "fp32") and not args.no_ablation:
+            ablation(b, m, mixes["frames_500bp_120-166aa"], "frames_500bp_120-166aa")
+        if fp8_phases:
+            fp8_rows(b, m, fp8_phases[1], mixes, cos_ids, ref)
+        del m
+        b.free()
+    if fp8_reason is not None:
+        b.result["skipped"].append(f"fp8: {fp8_reason}")
+        b.log(f"fp8 skipped: {fp8_reason}")
 
-        def run_packed(batches=pk):
-            for i, cu, maxlen, _ in batches:
-                model.embed_packed(i, cu, maxlen)
+    # ---- speed-ups and goals ---------------------------------------------------------------------
+    base = {r["mix"]: r["tokens_per_s"] for r in b.result["throughput"] if r["path"] == "vanilla"}
+    for row in b.result["throughput"] + b.result["ablation"]:
+        if row["mix"] in base:
+            row["speedup_vs_vanilla"] = row["tokens_per_s"] / base[row["mix"]]
+    b.result["goals"] = goals(b.result)
+    b.save()
+    return b.result
 
-        rows = []
-        with torch.inference_mode():
-            for path in ("vanilla", "packed-eager", "packed-compiled"):
-                if path == "packed-compiled":
-                    model.enable_compile(args.compile_backend)
-                elif path == "packed-eager":
-                    model.disable_compile()
-                fn = run_vanilla if path == "vanilla" else run_packed
-                warm_batches = (pd if path == "vanilla" else pk)[:warm]
-                warm_s = timed(lambda fn=fn, warm_batches=warm_batches: fn(warm_batches), device)
-                seconds = timed(fn, device)
-                row = {
-                    "mix": mix,
-                    "path": path,
-                    "backend": "fair-esm" if path == "vanilla" else model.backend,
-                    "precision": precision,
-                    "sequences": len(seqs),
-                    "tokens": real_tokens,
-                    "batches": len(pd) if path == "vanilla" else len(pk),
-                    "seconds": seconds,
-                    "tokens_per_s": real_tokens / seconds,
-                    "warmup_seconds": warm_s,
-                    "token_budget": budget,
-                    "efficiency": padded_eff if path == "vanilla" else packing_eff,
-                }
-                if path == "packed-compiled":
-                    row["compile_stats"] = model.compile_stats()
-                rows.append(row)
-                print(
-                    f"[{time.perf_counter() - t_start:6.1f}s] {mix} {path}: {row['tokens_per_s']:,.0f} tok/s "
-                    f"({seconds:.2f}s, warm-up {warm_s:.1f}s)",
-                    flush=True,
-                )
-        model.check_finite(f"throughput {mix}")
-        base = rows[0]["tokens_per_s"]
-        for row in rows:
-            row["speedup_vs_vanilla"] = row["tokens_per_s"] / base
-        throughput.extend(rows)
-        result["throughput"] = throughput
-        save(args.out, result)
-    result["throughput"] = throughput
-    best = {}
-    for row in throughput:
-        if row["path"] != "vanilla":
-            cur = best.get(row["mix"])
-            if cur is None or row["tokens_per_s"] > cur["tokens_per_s"]:
-                best[row["mix"]] = row
-    result["goals"] = {
-        "fp16_cos_min>=0.9999": equivalence["fp16"]["pass"],
-        "bf16_cos_min>=0.999": equivalence["bf16"]["pass"],
-        **{f"{mix}: >=100K tok/s": r["tokens_per_s"] >= 100_000 for mix, r in best.items()},
-        **{f"{mix}: >=2.5x vanilla": r["speedup_vs_vanilla"] >= 2.5 for mix, r in best.items()},
-    }
-    result["seconds_total"] = time.perf_counter() - t_start
-    return result
+
+def fp8_rows(b: Bench, base, variants, mixes: dict[str, dict[str, Any]], cos_ids, ref) -> None:
+    """Fidelity and throughput of fp8 engines sharing ``base``'s bf16 weights."""
+    for name, targets in variants:
+        m8 = guarded(
+            b,
+            f"load {name}",
+            lambda t=targets: load(b, "fp8", compile_=True, base=base, fp8_targets=t or _default_targets()),
+            need=40,
+        )
+        if m8 is None:
+            continue
+        stats = guarded(b, f"fidelity {name}", lambda m8=m8, n=name: fidelity(b, n, m8, cos_ids, ref))
+        if stats is not None:
+            b.result["equivalence"][name] = stats
+        for mix, data in mixes.items():
+            row = guarded(
+                b,
+                f"packed {name} {mix}",
+                lambda m8=m8, mix=mix, d=data, n=name: throughput(b, m8, mix, d, f"packed-{n}"),
+            )
+            if row is not None:
+                b.result["throughput"].append(row)
+            b.save()
+        del m8
+        b.free()
+
+
+def _default_targets() -> tuple[str, ...]:
+    from pipeline.models.esm2.model import FP8_TARGETS
+
+    return FP8_TARGETS
+
+
+def goals(result: dict[str, Any]) -> dict[str, bool]:
+    rows = result["throughput"]
+    out: dict[str, bool] = {}
+    for name, stats in result["equivalence"].items():
+        if "pass" in stats:
+            mean = f", mean>={stats['goal_cos_mean']}" if stats.get("goal_cos_mean") else ""
+            out[f"{name} fidelity (cos_min>={stats['goal_cos_min']}{mean})"] = stats["pass"]
+    for mix in MIXES:
+        half = [r for r in rows if r["mix"] == mix and r["path"] in ("packed-fp16", "packed-bf16")]
+        if half:
+            best = max(half, key=lambda r: r["tokens_per_s"])
+            out[f"{mix}: fp16/bf16 >=105K tok/s"] = best["tokens_per_s"] >= 105_000
+            if mix.startswith("wide") and "speedup_vs_vanilla" in best:
+                out[f"{mix}: fp16/bf16 >=2.5x vanilla"] = best["speedup_vs_vanilla"] >= 2.5
+        fp8 = [r for r in rows if r["mix"] == mix and r["path"] == "packed-fp8"]
+        if fp8:
+            out[f"{mix}: fp8 >=140K tok/s"] = fp8[0]["tokens_per_s"] >= 140_000
+    return out
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [
-        "precision  backend       cos_min     cos_p001    cos_mean",
-    ]
+    lines = [f"{'precision':<15} {'cos_min':>10} {'cos_p001':>10} {'cos_mean':>10} {'relL2_mean':>10}"]
     for p, s in result["equivalence"].items():
         lines.append(
-            f"{p:<10} {s['backend']:<13} {s['cos_min']:.7f}  {s['cos_p001']:.7f}  {s['cos_mean']:.7f}"
+            f"{p:<15} {s['cos_min']:>10.7f} {s['cos_p001']:>10.7f} {s['cos_mean']:>10.7f} "
+            f"{s['rel_l2_mean']:>10.2e}"
         )
     lines.append("")
-    lines.append(f"{'mix':<24} {'path':<16} {'backend':<13} {'tok/s':>12} {'x vanilla':>9} {'eff':>6}")
+    lines.append(f"{'mix':<24} {'path':<22} {'budget':>7} {'tok/s':>10} {'x vanilla':>9}")
     for r in result["throughput"]:
         lines.append(
-            f"{r['mix']:<24} {r['path']:<16} {r['backend']:<13} {r['tokens_per_s']:>12,.0f} "
-            f"{r['speedup_vs_vanilla']:>9.2f} {r['efficiency']:>6.3f}"
+            f"{r['mix']:<24} {r['path']:<22} {r['token_budget']:>7} {r['tokens_per_s']:>10,.0f} "
+            f"{r.get('speedup_vs_vanilla', float('nan')):>9.2f}"
         )
+    if result["ablation"]:
+        lines.append("")
+        lines.append("ablation (packed bf16 on the 500 bp mix; fp32 in --smoke):")
+        for r in result["ablation"]:
+            lines.append(f"  {r['path']:<42} {r['token_budget']:>7} {r['tokens_per_s']:>10,.0f}")
     lines.append("")
     lines.append("goals: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in result["goals"].items()))
+    for s in result["skipped"]:
+        lines.append(f"skipped: {s}")
     lines.append(f"total {result['seconds_total']:.0f}s")
     return "\n".join(lines)
 
@@ -307,29 +581,26 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON result path")
-    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, fp32, seconds")
     parser.add_argument("--model", default=None, help="ESM-2 specifier (default random:esm2_t36_3B_UR50D)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--n-cos", type=int, default=None, help="sequences in the equivalence part")
+    parser.add_argument("--n-cos", type=int, default=None, help="sequences in the fidelity part")
     parser.add_argument("--budget", type=int, default=None, help="tokens per packed / padded batch")
     parser.add_argument(
         "--compile-backend", default=None, help="torch.compile backend (default inductor; 'eager' in --smoke)"
     )
     parser.add_argument(
-        "--bench-precision",
-        default=None,
-        choices=("fp16", "bf16", "fp32"),
-        help="precision of the throughput part (default fp16; fp32 in --smoke, where CPU "
-        "half precision is emulated and slow)",
+        "--all-precisions", action="store_true", help="--smoke: fp16 and bf16 too (slow on CPU)"
+    )
+    parser.add_argument("--no-ablation", action="store_true", help="skip part C")
+    parser.add_argument(
+        "--max-seconds", type=float, default=1e9, help="skip the remaining steps after this many seconds"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.bench_precision is None:
-        args.bench_precision = "fp32" if args.smoke else "fp16"
     if args.compile_backend is None:
         args.compile_backend = "eager" if args.smoke else "inductor"
     result = run(args)
-    save(args.out, result)
     print(table(result))
     return 0
 

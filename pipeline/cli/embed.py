@@ -10,8 +10,10 @@ from pipeline.core.config import (
     ATTENTION_BACKENDS,
     DEFAULT_DNABERT_MODEL,
     DEFAULT_ESM_MODEL,
+    DEFAULT_GPU_PRECISION,
     PRECISIONS,
     Settings,
+    encoder_precision,
 )
 
 _DEFAULT_MODELS = {"esm2": DEFAULT_ESM_MODEL, "dnabert-s": DEFAULT_DNABERT_MODEL}
@@ -50,7 +52,7 @@ _DEFAULT_MODELS = {"esm2": DEFAULT_ESM_MODEL, "dnabert-s": DEFAULT_DNABERT_MODEL
     "--precision",
     type=click.Choice(PRECISIONS),
     default=None,
-    help="Compute precision (default fp16 on CUDA, fp32 on CPU).",
+    help=f"Compute precision (default {DEFAULT_GPU_PRECISION} on CUDA, fp32 on CPU; fp8: ESM-2 only).",
 )
 @click.option(
     "--attention",
@@ -118,7 +120,9 @@ def command(
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
+    precision = encoder_precision(
+        kind, precision or (DEFAULT_GPU_PRECISION if device.startswith("cuda") else "fp32")
+    )
     encoder = EncoderConfig(
         model=model_spec or _DEFAULT_MODELS[kind],
         precision=precision,

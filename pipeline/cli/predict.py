@@ -13,6 +13,7 @@ from pipeline.core.config import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DNABERT_MODEL,
     DEFAULT_ESM_MODEL,
+    DEFAULT_GPU_PRECISION,
     PRECISIONS,
     PredictConfig,
     Settings,
@@ -53,7 +54,8 @@ def embedding_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--precision",
             type=click.Choice(PRECISIONS),
             default=None,
-            help="Embedding precision. Default: fp16 on GPU, fp32 on CPU.",
+            help=f"Embedding precision. Default: {DEFAULT_GPU_PRECISION} on GPU, fp32 on CPU. fp8: ESM-2's "
+            "MLP in FP8 (Ada/Hopper GPUs, the fp8 extra), DNABERT-S in bf16.",
         ),
         click.option(
             "--attention",
@@ -112,7 +114,7 @@ def build_predict_config(
         esm_model=esm_model,
         dnabert_model=dnabert_model,
         classifier=classifier or "random",
-        precision=precision or ("fp16" if gpu_list else "fp32"),
+        precision=precision or (DEFAULT_GPU_PRECISION if gpu_list else "fp32"),
         attention=attention,
         compile_=compile_,
         gpus=gpu_list,

@@ -47,8 +47,9 @@ def _split(values: tuple[str, ...], choices: tuple[str, ...], name: str) -> tupl
     "precisions",
     multiple=True,
     metavar="P[,P]",
-    help="Reduced precision(s) to check against fp32 (fp16, bf16; repeat or comma-separate) "
-    "[default: bf16 on CPU, fp16,bf16 on a GPU].",
+    help="Reduced precision(s) to check against fp32 (fp16, bf16, fp8; repeat or comma-separate) "
+    "[default: bf16 on CPU, fp16,bf16 on a GPU, and fp8 where FP8 can run]. fp8 rows use their own "
+    "thresholds: mean cosine >= 0.999, every cosine >= 0.995, labels >= 0.999 (docs/validation.md).",
 )
 @click.option(
     "--attention",
@@ -126,7 +127,7 @@ def command(
     min_label_agreement: float,
     max_rel_l2: float | None,
 ) -> None:
-    """Compare the optimized embedding path (packed, fp16/bf16) with the reference path (padded fp32)
+    """Compare the optimized embedding path (packed, fp16/bf16/fp8) with the reference path (padded fp32)
     on synthetic frames, for both models; print a table, write JSON, and exit non-zero (code 9)
     when a threshold fails."""
     from validation.equivalence import EquivalenceConfig, Thresholds, enforce, format_table, run_validation
@@ -136,13 +137,20 @@ def command(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from pipeline.models.fp8 import check_fp8, fp8_unavailable_reason
+
     default_esm, default_dna, default_n, default_prec = _DEFAULTS[
         "cuda" if device.startswith("cuda") else "cpu"
     ]
+    if device.startswith("cuda") and fp8_unavailable_reason(device) is None:
+        default_prec = (*default_prec, "fp8")
+    chosen = _split(precisions, PRECISIONS, "--precision") or default_prec
+    if "fp8" in chosen:
+        check_fp8(device)  # before the fp32 references take their minutes
     config = EquivalenceConfig(
         esm_model=esm_model or default_esm,
         dnabert_model=dnabert_model or default_dna,
-        precisions=_split(precisions, PRECISIONS, "--precision") or default_prec,
+        precisions=chosen,
         attentions=_split(attentions, ATTENTION_BACKENDS, "--attention") or ("auto",),
         n=n or default_n,
         device=device,

@@ -19,8 +19,9 @@ from pipeline.core.errors import NumericalError
 
 ModelKind = Literal["esm2", "dnabert-s"]
 
-#: ``--precision`` name -> compute dtype.
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: ``--precision`` name -> compute dtype. ``fp8`` computes in bf16: ESM-2 runs its MLP matmuls in FP8
+#: (`pipeline.models.fp8`), DNABERT-S runs in bf16.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
 class Tokenizer(abc.ABC):

@@ -30,6 +30,7 @@ from pipeline.core.config import (
     EncoderConfig,
     PredictConfig,
     Settings,
+    encoder_precision,
     is_random_classifier,
 )
 from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
@@ -77,9 +78,9 @@ def make_predict_config(
 ) -> PredictConfig:
     """The `PredictConfig` of a run, built the same way by the CLI and the DAG tasks.
 
-    Both encoders share ``precision``, ``attention`` and ``compile_`` (compile stays off when
-    ``settings.disable_compile``); token budget and worker count come from ``settings``;
-    ``demo`` swaps in the offline demo models and classifier (`demo_config`).
+    Both encoders share ``precision`` (under ``fp8`` DNABERT-S runs bf16), ``attention`` and ``compile_``
+    (compile stays off when ``settings.disable_compile``); token budget and worker count come from
+    ``settings``; ``demo`` swaps in the offline demo models and classifier (`demo_config`).
     """
     compile_ = compile_ and not settings.disable_compile
     cfg = PredictConfig(
@@ -87,7 +88,12 @@ def make_predict_config(
         output_dir=output_dir,
         chunk_size=chunk_size,
         esm=EncoderConfig(esm_model, precision=precision, attention=attention, compile=compile_),
-        dnabert=EncoderConfig(dnabert_model, precision=precision, attention=attention, compile=compile_),
+        dnabert=EncoderConfig(
+            dnabert_model,
+            precision=encoder_precision("dnabert-s", precision),
+            attention=attention,
+            compile=compile_,
+        ),
         classifier=classifier,
         gpus=gpus,
         token_budget=settings.token_budget,
@@ -165,6 +171,7 @@ def preflight(cfg: PredictConfig) -> dict[str, Any]:
     from pipeline.core.errors import ResumeMismatchError
     from pipeline.models.attention import resolve_backend
     from pipeline.models.base import DTYPES
+    from pipeline.models.fp8 import check_fp8
 
     if cfg.gpus:
         import torch
@@ -180,6 +187,8 @@ def preflight(cfg: PredictConfig) -> dict[str, Any]:
     device = f"cuda:{cfg.gpus[0]}" if cfg.gpus else "cpu"
     for kind, encoder in (("dnabert-s", cfg.dnabert), ("esm2", cfg.esm)):
         resolve_backend(encoder.attention, device, alibi=kind == "dnabert-s", dtype=DTYPES[encoder.precision])
+        if encoder.precision == "fp8":
+            check_fp8(device)
 
     if not Path(cfg.input_path).is_file():
         raise InputError(f"input {cfg.input_path} is not a file; give a FASTA file (plain or .gz)")

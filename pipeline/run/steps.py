@@ -27,6 +27,7 @@ from pipeline.core.config import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DNABERT_MODEL,
     DEFAULT_ESM_MODEL,
+    DEFAULT_GPU_PRECISION,
     MODEL_KINDS,
     PRECISIONS,
     PredictConfig,
@@ -117,9 +118,9 @@ def resolve_output_dir(output_dir: str | None, default_root: str | Path, run_id:
 
 
 def resolve_precision(precision: str, gpu_slots: int) -> str:
-    """``auto`` -> fp16 when embedding on GPUs, fp32 on CPU (the CLI's default)."""
+    """``auto`` -> bf16 (`DEFAULT_GPU_PRECISION`) when embedding on GPUs, fp32 on CPU (the CLI's default)."""
     if precision == "auto":
-        return "fp16" if gpu_slots > 0 else "fp32"
+        return DEFAULT_GPU_PRECISION if gpu_slots > 0 else "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is not one of auto, {', '.join(PRECISIONS)}")
     return precision

@@ -59,8 +59,8 @@ def test_settings_reject_bad_values_naming_them(env, fragment):
 
 
 def test_encoder_config_validates_choices():
-    with pytest.raises(ConfigError, match="precision='fp8'"):
-        EncoderConfig("random:esm2_t6_8M_UR50D", precision="fp8")
+    with pytest.raises(ConfigError, match="precision='fp4'"):
+        EncoderConfig("random:esm2_t6_8M_UR50D", precision="fp4")
     with pytest.raises(ConfigError, match="attention='magic'"):
         EncoderConfig("random:esm2_t6_8M_UR50D", attention="magic")
 
@@ -91,3 +91,14 @@ def test_atomic_write_publishes_whole_file_with_umask_mode(tmp_path):
             raise RuntimeError("boom")
     assert target.read_text() == "hello"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_fp8_precision_runs_dnabert_in_bf16():
+    from pipeline.core.config import PRECISIONS, EncoderConfig, encoder_precision
+
+    assert (
+        "fp8" in PRECISIONS and EncoderConfig("random:esm2_t6_8M_UR50D", precision="fp8").precision == "fp8"
+    )
+    assert encoder_precision("esm2", "fp8") == "fp8"
+    assert encoder_precision("dnabert-s", "fp8") == "bf16"
+    assert [encoder_precision("dnabert-s", p) for p in ("fp16", "bf16", "fp32")] == ["fp16", "bf16", "fp32"]

@@ -56,7 +56,9 @@ def test_precision_defaults_and_demo_models() -> None:
     assert cpu.esm.precision == cpu.dnabert.precision == "fp32" and cpu.gpus == ()
     assert cpu.esm.compile is False  # VIRNUCPRO_DISABLE_COMPILE wins over --compile
     gpu = build_predict_config(Path("in.fa"), Path("out"), gpus="0,1", precision=None, demo=False, **common)
-    assert gpu.esm.precision == "fp16" and gpu.gpus == (0, 1)
+    assert gpu.esm.precision == gpu.dnabert.precision == "bf16" and gpu.gpus == (0, 1)
+    fp8 = build_predict_config(Path("in.fa"), Path("out"), gpus="0", precision="fp8", demo=False, **common)
+    assert fp8.esm.precision == "fp8" and fp8.dnabert.precision == "bf16"  # FP8 is ESM-2's MLP only
     demo = build_predict_config(Path("in.fa"), Path("out"), gpus=None, precision="bf16", demo=True, **common)
     assert demo.esm.model == "random:esm2_t6_8M_UR50D" and demo.dnabert.model == "random:dnabert-s-tiny"
     assert demo.classifier == "random" and demo.esm.precision == "bf16" and demo.demo
@@ -194,7 +196,7 @@ def test_demo_on_one_gpu_matches_the_gpu_fp32_run(tmp_path) -> None:
     result = _invoke(["predict", str(fa), "-o", str(gpu), "--demo", "--gpus", "0"])
     assert result.exit_code == 0, result.output
     record = json.loads((gpu / "run_record.json").read_text())
-    assert record["config"]["esm"]["precision"] in ("fp16", "bf16")  # the GPU default, whichever it is
+    assert record["config"]["esm"]["precision"] == "bf16"  # the GPU default (docs/esm2.md)
     assert record["workers"]["gpus"] == [0]
     assert record["workers"]["per_worker"][0]["gpu_busy_fraction"] is not None
     args = ["predict", str(fa), "-o", str(fp32), "--demo", "--gpus", "0", "--precision", "fp32"]
@@ -211,7 +213,8 @@ def test_demo_on_one_gpu_matches_the_gpu_fp32_run(tmp_path) -> None:
 
 
 def test_preflight_refuses_before_writing_anything(tmp_path) -> None:
-    """Missing GPUs and unavailable attention backends fail before prepare writes a file."""
+    """Missing GPUs, unavailable attention backends and fp8 without FP8 hardware (here: the CPU) fail
+    before prepare writes a file."""
     import torch
 
     from pipeline.core.errors import BackendUnavailableError, ConfigError
@@ -221,6 +224,7 @@ def test_preflight_refuses_before_writing_anything(tmp_path) -> None:
     for args, error, fragment in [
         (["--gpus", bad_gpu], ConfigError, f"GPU {bad_gpu} is not visible"),
         (["--attention", "flash-attn"], BackendUnavailableError, "flash-attn"),
+        (["--precision", "fp8"], BackendUnavailableError, "--precision fp8 is not available"),
     ]:
         out = tmp_path / f"out-{args[0].strip('-')}"
         result = CliRunner().invoke(

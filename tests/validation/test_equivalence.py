@@ -35,7 +35,7 @@ def test_thresholds_validated():
     with pytest.raises(ConfigError):
         Thresholds(min_label_agreement=2.0)
     with pytest.raises(ConfigError):
-        EquivalenceConfig(precisions=("fp8",))
+        EquivalenceConfig(precisions=("fp4",))
     with pytest.raises(ConfigError):
         EquivalenceConfig(n=0)
 
@@ -79,3 +79,23 @@ def test_synthetic_frames_are_real_prepare_frames():
     # several frames per chunk, so chunk consensus is exercised
     chunks = [i[:-2] for i in frames.ids]
     assert len(set(chunks)) < len(chunks)
+
+
+def test_fp8_rows_have_their_own_thresholds():
+    from validation.equivalence import FP8_THRESHOLDS
+
+    row = {
+        "cos_min": 0.997,
+        "cos_mean": 0.9996,
+        "label_agreement": 1.0,
+        "chunk_label_agreement": 0.9995,
+        "rel_l2_max": 0.05,
+    }
+    assert not passes(row, Thresholds())  # a bf16 row this far off fails
+    assert passes(row, FP8_THRESHOLDS)
+    assert not passes(row | {"cos_mean": 0.9985}, FP8_THRESHOLDS)  # the mean is enforced too
+    assert not passes(row | {"cos_min": 0.994}, FP8_THRESHOLDS)
+    assert not passes(row | {"chunk_label_agreement": 0.998}, FP8_THRESHOLDS)
+    assert EquivalenceConfig(precisions=("bf16", "fp8")).fp8_thresholds == FP8_THRESHOLDS
+    with pytest.raises(ConfigError, match="min_mean_cosine"):
+        Thresholds(min_mean_cosine=1.5)

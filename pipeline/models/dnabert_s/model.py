@@ -382,7 +382,7 @@ def default_attention(requested: str, device: torch.device, *, compile: bool) ->
 
 
 def _precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))  # bf16, not fp8
 
 
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,13 @@ The packed forward reproduces fair-esm's ``ESM2.forward`` for inputs without mas
   (fair-esm divides by the observed mask ratio, which is 0 at inference), only when the checkpoint
   was trained with token dropout;
 - pre-LayerNorm transformer layers, rotary position embeddings computed in fp32 with positions
-  restarting at 0 for every packed sequence, attention through `pipeline.models.attention`, erf-GELU;
+  restarting at 0 for every packed sequence, attention through `pipeline.models.attention`, erf-GELU
+  (on CUDA in fp16/bf16 fc1's bias and GELU run in the matmul epilogue: cuBLASLt's tanh GELU);
 - ``emb_layer_norm_after`` on the last layer's output.
+
+``--precision fp8`` computes in bf16 with the MLP's Linear weights in FP8 (torchao, row-wise scales;
+`pipeline.models.fp8`), on GPUs with FP8 tensor cores only. docs/esm2.md lists every technique of
+this engine with its measured gain.
 
 Pooling follows the original VirNucPro ``extract_esm``: the mean over residue positions only (BOS and
 EOS excluded), over at most the first 1024 residues (its ``truncation_seq_length=1024`` slice). The
@@ -33,12 +38,20 @@ from pipeline.models.attention import (
 )
 from pipeline.models.base import DTYPES, EncoderInfo, FiniteMonitor, PackedEncoder
 from pipeline.models.esm2.tokenizer import ESM2Tokenizer
+from pipeline.models.fp8 import check_fp8, quantize_weight
 
 log = logging.getLogger(__name__)
 
 TOKEN_DROPOUT_SCALE = 1.0 - 0.15 * 0.8  # fair-esm's mask_ratio_train; no masks observed at inference
 POOL_MAX_RESIDUES = 1024  # the original tool averages representations[i, 1 : min(1024, L) + 1]
 TRAINED_MAX_TOKENS = 1024  # ESM-2 was trained on crops of 1022 residues + BOS + EOS
+
+#: Position of each Linear weight in a layer's parameter tuple (see `packed_layer`).
+LINEAR_SLOTS = {"qkv": 2, "out": 4, "fc1": 8, "fc2": 10}
+#: The Linear layers that run in FP8 under ``--precision fp8``: the MLP only. Measured on ESM-2 3B, 2,000
+#: sequences (docs/esm2.md): MLP only 117.7K tokens/s at pooled cosine to fp32 mean 0.99968 / min 0.99961;
+#: adding out_proj 119.6K at mean 0.9980; every Linear 136K at mean 0.9963 - both under the 0.999 goal.
+FP8_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,6 +125,7 @@ def packed_layer(
     eps: float,
     backend: str,
     flex_mask: object | None = None,
+    gelu_epilogue: bool = False,
 ) -> torch.Tensor:
     """One ESM-2 transformer layer on packed tokens.
 
@@ -119,8 +133,13 @@ def packed_layer(
         x: ``(T, D)`` compute dtype.
         cos, sin: ``(T, 1, Dh)`` float32 rotary tables at each token's in-sequence position.
         cu_seqlens: ``(B+1,) int32``; max_seqlen: host int.
-        params: ``(ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b)``.
+        params: ``(ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b)``;
+            Linear weights may be FP8 tensors (`pipeline.models.fp8.quantize_weight`).
         flex_mask: the batch's FlexAttention block mask (``flex`` backend only).
+        gelu_epilogue: run fc1's bias and GELU in the matmul's epilogue (cuBLASLt,
+            ``torch._addmm_activation``), which saves a read and a write of the ``(T, 4D)`` activation.
+            cuBLASLt's GELU is the tanh approximation of fair-esm's erf GELU (max difference 5e-4;
+            no measurable change of the pooled embeddings in fp16/bf16, docs/esm2.md).
     Returns:
         ``(T, D)`` compute dtype.
     """
@@ -144,8 +163,26 @@ def packed_layer(
     )
     x = x + F.linear(o.reshape(total, dim), out_w, out_b)
     h = F.layer_norm(x, (dim,), ln2_w, ln2_b, eps)
-    h = F.gelu(F.linear(h, fc1_w, fc1_b))  # exact erf GELU, as fair-esm
+    if gelu_epilogue:
+        h = torch._addmm_activation(fc1_b, h, fc1_w.t(), use_gelu=True)
+    else:
+        h = F.gelu(F.linear(h, fc1_w, fc1_b))  # exact erf GELU, as fair-esm
     return x + F.linear(h, fc2_w, fc2_b)
+
+
+def _quantize_params(params: tuple[torch.Tensor, ...], targets: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """A layer's parameter tuple with the ``targets`` Linear weights in FP8 (biases stay bf16)."""
+    out = list(params)
+    for name in targets:
+        out[LINEAR_SLOTS[name]] = quantize_weight(out[LINEAR_SLOTS[name]])
+    return tuple(out)
+
+
+def _mark_dynamic(*tensors: torch.Tensor) -> None:
+    """Compile dim 0 (tokens, or sequences for ``cu_seqlens``) as a symbolic size from the first call,
+    so batches of any size share one graph without a recompilation."""
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,13 +221,22 @@ class PackedESM2(PackedEncoder):
         backend: str = "auto",
         compile: bool = False,
         compile_backend: Any = "inductor",
+        fp8_targets: tuple[str, ...] = FP8_TARGETS,
+        gelu_epilogue: bool | None = None,
     ) -> None:
         super().__init__()
         if precision not in DTYPES:
             raise ConfigError(f"precision={precision!r} is not one of {', '.join(DTYPES)}")
+        unknown = sorted(set(fp8_targets) - set(LINEAR_SLOTS))
+        if unknown:
+            raise ConfigError(
+                f"fp8_targets {unknown} are not Linear layers of ESM-2; use {', '.join(LINEAR_SLOTS)}"
+            )
+        device = next(esm.parameters()).device
+        if precision == "fp8":
+            check_fp8(device)  # before any weight is touched: a clear error on CPU and pre-Ada GPUs
         self.dtype = DTYPES[precision]
         self.precision = precision
-        device = next(esm.parameters()).device
         self.esm = esm.to(self.dtype).eval().requires_grad_(False)
         self.num_layers = esm.num_layers
         self.embed_dim = esm.embed_dim
@@ -214,6 +260,12 @@ class PackedESM2(PackedEncoder):
             params=params,
         )
         self._layer_params = self._fuse_qkv()
+        self.fp8_targets = tuple(fp8_targets) if precision == "fp8" else ()
+        if self.fp8_targets:
+            self._layer_params = [_quantize_params(p, self.fp8_targets) for p in self._layer_params]
+        if gelu_epilogue is None:  # cuBLASLt epilogues: CUDA half precision only, not on FP8 weights
+            gelu_epilogue = device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+        self.gelu_epilogue = bool(gelu_epilogue) and "fc1" not in self.fp8_targets
         self._layer_eps = [float(layer.self_attn_layer_norm.eps) for layer in self.esm.layers]
         self._reference_fp32: torch.nn.Module | None = None
         self._finite = FiniteMonitor("ESM-2", device)
@@ -224,15 +276,20 @@ class PackedESM2(PackedEncoder):
             self.enable_compile(compile_backend)
 
     def enable_compile(self, compile_backend: Any = "inductor") -> None:
-        """Wrap the per-layer function in ``torch.compile(dynamic=True)``: one graph for every layer and
-        every batch shape; the attention backend call stays inside it (a custom op for torch-varlen)."""
+        """Wrap the per-layer function in ``torch.compile``: one graph for every layer and batch shape;
+        the attention backend call stays inside it (a custom op for torch-varlen).
+
+        Only the token and sequence counts are dynamic (`_mark_dynamic`); heads, widths and eps stay
+        constants of the graph. ``dynamic=True`` made every int and width symbolic, which cost 9 %
+        on ESM-2 3B (docs/esm2.md). ``max_seqlen`` turns dynamic after its first change (one
+        recompilation, then none)."""
         if self.backend == REFERENCE:
             log.info("torch.compile skipped: backend 'reference' runs fair-esm's own forward")
             return
         if self.backend == "flex":
             log.info("torch.compile of the layer skipped: the flex backend already runs a compiled kernel")
             return
-        self._layer_fn = torch.compile(packed_layer, dynamic=True, backend=compile_backend)
+        self._layer_fn = torch.compile(packed_layer, backend=compile_backend)
         self.compiled = True
 
     def disable_compile(self) -> None:
@@ -298,9 +355,21 @@ class PackedESM2(PackedEncoder):
         cos, sin = rotary_tables(positions, self.head_dim)
         flex_mask = flex_block_mask(cu_seqlens, total) if self.backend == "flex" else None
         x = self.esm.embed_tokens(input_ids) * self.embed_scale
+        if self.compiled:
+            _mark_dynamic(x, cos, sin, cu_seqlens)
         for params, eps in zip(self._layer_params, self._layer_eps):
             x = self._layer_fn(
-                x, cos, sin, cu_seqlens, max_seqlen, params, self.heads, eps, self.backend, flex_mask
+                x,
+                cos,
+                sin,
+                cu_seqlens,
+                max_seqlen,
+                params,
+                self.heads,
+                eps,
+                self.backend,
+                flex_mask,
+                self.gelu_epilogue,
             )
         if self.compiled:
             self._log_compile_stats()
