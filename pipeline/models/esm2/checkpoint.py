@@ -16,7 +16,7 @@ import torch
 
 from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import ModelLoadError
-from pipeline.models.esm2.model import PackedESM2
+from pipeline.models.esm2.model import FP8_COMPILED_BACKENDS, PackedESM2
 from pipeline.models.fp8 import check_fp8
 from pipeline.models.weights import check_dense, load_torch_file, positive_ints, shape_problems
 
@@ -192,8 +192,9 @@ def load_esm2(
     it is optional: contact prediction is not used), or ``random:<fair-esm name>`` (seeded random
     weights built directly on ``device``). Checkpoints are read with ``weights_only=True`` and an
     explicit allow-list. ``disable_compile`` (``Settings.disable_compile``) overrides ``cfg.compile``.
-    ``fp8`` compiles the layer even without ``cfg.compile``: torchao's per-token activation scaling is
-    only fast when fused by the compiler. It is refused before any weight is read where FP8 cannot run.
+    ``fp8`` compiles the layer even without ``cfg.compile`` with the flash kernels (torchao's per-token
+    activation scaling is only fast when fused by the compiler; `FP8_COMPILED_BACKENDS`). It is refused
+    before any weight is read where FP8 cannot run.
     """
     device = torch.device(device)
     if cfg.precision == "fp8":
@@ -225,8 +226,10 @@ def load_esm2(
                 "random:<name>, nor an existing checkpoint file"
             )
         esm = esm2_from_checkpoint(safe_torch_load(path), str(path), device)
-    use_compile = (cfg.compile or cfg.precision == "fp8") and not disable_compile
+    use_compile = cfg.compile and not disable_compile
     model = PackedESM2(esm, spec=spec, precision=cfg.precision, backend=cfg.attention, compile=use_compile)
+    if cfg.precision == "fp8" and not disable_compile and model.backend in FP8_COMPILED_BACKENDS:
+        model.enable_compile()
     log.info(
         "loaded ESM-2 %s: %d layers, D=%d, %s, backend %s, compile=%s",
         spec,
@@ -234,7 +237,7 @@ def load_esm2(
         model.embed_dim,
         cfg.precision,
         model.backend,
-        use_compile,
+        model.compiled,
     )
     return model
 
