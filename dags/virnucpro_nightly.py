@@ -98,6 +98,7 @@ PARAMS = {
         0,
         type="integer",
         minimum=0,
+        maximum=64,  # a sane bound; the real one is the gpu pool (VIRNUCPRO_GPU_POOL_SIZE)
         title="GPU slots",
         description="Shards, one GPU each; 0 embeds one shard on CPU.",
     ),
@@ -143,11 +144,11 @@ PARAMS = {
         title="Skip benchmarks",
         description="Leave out the pytest-benchmark suite (about a minute on a small CPU machine).",
     ),
-    "benchmarks_path": Param(
-        str(REPO / "benchmarks"),
-        type="string",
-        title="Benchmarks directory",
-        description="The pytest-benchmark suite to run (the repository's benchmarks/).",
+    "benchmark_suite": Param(
+        "all",
+        enum=["all", "prepare", "packing", "esm2", "dnabert", "pipeline"],
+        title="Benchmark suite",
+        description="Which of the project's own benchmark suites to run (never a path).",
     ),
     "regression_threshold": Param(
         None,
@@ -211,7 +212,7 @@ def virnucpro_nightly() -> None:
     def benchmarks(run_dir: str, params=None) -> str | None:
         from validation.steps import benchmark_step
 
-        return run_step(benchmark_step, run_dir, params["benchmarks_path"], bool(params["skip_benchmarks"]))
+        return run_step(benchmark_step, run_dir, params["benchmark_suite"], bool(params["skip_benchmarks"]))
 
     @task
     def ingest(run_record: str, equivalence_json: str, benchmark_json: str | None, params=None) -> str:

@@ -95,6 +95,7 @@ PARAMS = {
         0,
         type="integer",
         minimum=0,
+        maximum=64,  # a sane bound; the real one is the gpu pool (VIRNUCPRO_GPU_POOL_SIZE)
         title="GPU slots",
         description="Number of shards, one GPU each (set it to your GPU count); 0 embeds one shard on CPU.",
     ),

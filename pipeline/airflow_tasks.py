@@ -11,7 +11,8 @@ without it; torch and the models are imported inside the task bodies (via
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from pipeline.core.errors import (
     ThresholdFailed,
     as_virnucpro_error,
 )
+from pipeline.core.paths import run_lock
 from pipeline.run.steps import GPU_POOL, GPU_QUEUE, gpu_executor_config, resolve_output_dir
 
 __all__ = ["DETERMINISTIC_ERRORS", "gpu_task_kwargs", "output_dir_for", "production_chain", "run_step"]
@@ -43,8 +45,12 @@ DETERMINISTIC_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call one step body inside the DAG tasks' error boundary (the CLI's, for tasks).
+def run_step(
+    step: Callable[..., T], *args: Any, locks: Sequence[tuple[str | Path, bool]] = (), **kwargs: Any
+) -> T:
+    """Call one step body inside the DAG tasks' error boundary (the CLI's, for tasks), holding
+    ``locks`` (``(run directory or shard file, shared)`` pairs, `pipeline.core.paths.run_lock`) while
+    it runs: a second run into the same directory is refused at once (`RunInProgressError`).
 
     An operating-system error leaves as a one-line `FileSystemError` naming the path, raised without
     its chain so the task log shows the message, not a library traceback; typed errors pass through.
@@ -52,7 +58,10 @@ def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     Airflow's fail-now exception, so the task fails at once instead of using its retries.
     """
     try:
-        return step(*args, **kwargs)
+        with contextlib.ExitStack() as held:
+            for path, shared in locks:
+                held.enter_context(run_lock(path, shared=shared))
+            return step(*args, **kwargs)
     except Exception as exc:
         error = as_virnucpro_error(exc)
         if error is None or (error is exc and not isinstance(error, DETERMINISTIC_ERRORS)):
@@ -97,19 +106,22 @@ def production_chain(dag_id: str, default_output_root: str | Path) -> tuple[Any,
     def prepare(params=None, run_id=None) -> str:
         from pipeline.run.steps import prepare_step
 
-        return run_step(prepare_step, params, output_dir_for(params, run_id, default_output_root))
+        run_dir = run_step(output_dir_for, params, run_id, default_output_root)
+        return run_step(prepare_step, params, run_dir, run_id=f"{dag_id}:{run_id}", locks=[(run_dir, False)])
 
     @task
     def shard(run_dir: str, params=None) -> list[str]:
         from pipeline.run.steps import shard_step
 
-        return run_step(shard_step, run_dir, int(params["gpu_slots"]))
+        return run_step(shard_step, run_dir, int(params["gpu_slots"]), locks=[(run_dir, False)])
 
     @task(retries=2, **gpu_task_kwargs())
     def embed(shard_path: str, run_dir: str, params=None, ti=None) -> list[str]:
         from pipeline.run.steps import embed_step
 
-        return run_step(embed_step, params, run_dir, shard_path, ti.map_index, ti.try_number)
+        # the mapped embed tasks of one run share the run directory, each holding its own shard
+        locks = [(run_dir, True), (shard_path, False)]
+        return run_step(embed_step, params, run_dir, shard_path, ti.map_index, ti.try_number, locks=locks)
 
     # none_failed: with no frame to embed the mapped embed task is skipped, and classify still
     # writes the (empty) scores so the run ends with header-only outputs like `virnucpro predict`.
@@ -117,20 +129,20 @@ def production_chain(dag_id: str, default_output_root: str | Path) -> tuple[Any,
     def classify(run_dir: str, shard_paths: list[str], params=None) -> str:
         from pipeline.run.steps import classify_step
 
-        return run_step(classify_step, params, run_dir, shard_paths)
+        return run_step(classify_step, params, run_dir, shard_paths, locks=[(run_dir, False)])
 
     @task
     def merge(run_dir: str, scores: str) -> dict[str, str]:
         from pipeline.run.steps import merge_step
 
-        return run_step(merge_step, run_dir)
+        return run_step(merge_step, run_dir, locks=[(run_dir, False)])
 
     @task
     def record(run_dir: str, outputs: dict[str, str], params=None, run_id=None) -> str:
         from pipeline.run.steps import record_step
         from validation.steps import ingest_step
 
-        path = run_step(record_step, params, run_dir, f"{dag_id}:{run_id}", outputs)
+        path = run_step(record_step, params, run_dir, f"{dag_id}:{run_id}", outputs, locks=[(run_dir, False)])
         run_step(ingest_step, [path], params["metrics_db"] or None)
         return path
 

@@ -13,6 +13,11 @@ INPUT="$(cd "$(dirname "${DEMO_INPUT:-examples/demo.fa}")" && pwd)/$(basename "$
 SKIP_BENCH=false
 [ "${DEMO_SKIP_BENCHMARKS:-0}" = "1" ] && SKIP_BENCH=true
 
+# The DAG only reads and writes below these roots (docs/airflow.md, "Where a run may read and write").
+export VIRNUCPRO_INPUT_ROOT="${VIRNUCPRO_INPUT_ROOT:-$(dirname "$INPUT")}"
+export VIRNUCPRO_OUTPUT_ROOT="${VIRNUCPRO_OUTPUT_ROOT:-$OUT}"
+export VIRNUCPRO_METRICS_ROOT="${VIRNUCPRO_METRICS_ROOT:-$OUT}"
+
 HOME_DIR="$OUT/airflow_home"
 rm -rf "$HOME_DIR" "$OUT/run"
 source "$ROOT/scripts/airflow_env.sh" "$HOME_DIR"

@@ -34,6 +34,8 @@ fi
 LOGS="$AIRFLOW_HOME/logs/services"
 mkdir -p "$LOGS"
 "$AIRFLOW" db migrate >"$LOGS/db-migrate.log" 2>&1 || { cat "$LOGS/db-migrate.log" >&2; exit 1; }
+# the DAGs refuse a gpu_slots larger than the pool (VIRNUCPRO_GPU_POOL_SIZE, read by the tasks)
+export VIRNUCPRO_GPU_POOL_SIZE="$GPU_SLOTS"
 "$AIRFLOW" pools set gpu "$GPU_SLOTS" "GPUs for the embed tasks (one slot per GPU)" \
     >"$LOGS/pools.log" 2>&1 || { cat "$LOGS/pools.log" >&2; exit 1; }
 

@@ -8,6 +8,7 @@ values; nothing here imports Airflow, and torch is imported inside the functions
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,8 @@ from typing import Any
 
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.config import Settings
-from pipeline.core.errors import ThresholdFailed, VirNucProError
+from pipeline.core.errors import ConfigError, ThresholdFailed, VirNucProError
+from pipeline.core.paths import path_inside
 from pipeline.run.steps import RunLayout, predict_config, read_json_list, safe_run_id
 
 __all__ = ["benchmark_step", "equivalence_step", "gate_step", "ingest_step", "regression_step", "report_step"]
@@ -62,42 +64,75 @@ def equivalence_step(params: Mapping[str, Any], run_dir: str | Path, run_id: str
     return str(out)
 
 
-def benchmark_step(
-    output_dir: str | Path, benchmarks_dir: str | Path, skip: bool, extra_args: Sequence[str] = ()
-) -> str | None:
-    """``pytest BENCHMARKS --benchmark-json RUN/validation/benchmarks.json``; None when skipped.
+#: The project's own benchmark suites, the only ones the nightly DAG runs (its ``benchmark_suite``
+#: param names one of these; never a path, so no parameter can make pytest import other code).
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARK_SUITES: dict[str, str] = {
+    "all": ".",
+    "prepare": "bench_prepare.py",
+    "packing": "bench_packing.py",
+    "esm2": "bench_esm2.py",
+    "dnabert": "bench_dnabert.py",
+    "pipeline": "bench_pipeline.py",
+}
+
+
+def benchmark_command(json_out: Path, suite: str = "all") -> list[str]:
+    """The pytest command line of one of `BENCHMARK_SUITES`, writing ``--benchmark-json`` to ``json_out``."""
+    if suite not in BENCHMARK_SUITES:
+        raise ConfigError(
+            f"benchmark suite {suite!r} is not one of {', '.join(BENCHMARK_SUITES)}; the nightly run only "
+            "runs the project's own benchmarks"
+        )
+    target = (BENCHMARKS_DIR / BENCHMARK_SUITES[suite]).resolve()
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(target),
+        f"--rootdir={BENCHMARKS_DIR.parent}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--benchmark-json={json_out}",
+    ]
+
+
+def benchmark_step(output_dir: str | Path, suite: str = "all", skip: bool = False) -> str | None:
+    """Run one of the project's benchmark suites (`BENCHMARK_SUITES`, found beside this package)
+    with ``--benchmark-json RUN/validation/benchmarks.json``; None when skipped or when the
+    benchmarks are not installed (a wheel without the repository).
 
     GPU benchmarks skip themselves without CUDA, so on CPU this runs the CPU-sized cases only.
     """
     if skip:
         return None
     layout = RunLayout(Path(output_dir))
-    layout.validation.mkdir(parents=True, exist_ok=True)
     out = layout.validation / "benchmarks.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(benchmarks_dir),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        f"--benchmark-json={out}",
-        *extra_args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    (layout.validation / "benchmarks.log").write_text(proc.stdout + proc.stderr)
+    cmd = benchmark_command(out, str(suite))
+    if not BENCHMARKS_DIR.is_dir():
+        return None
+    layout.validation.mkdir(parents=True, exist_ok=True)
+    # the worker's own pytest settings are not the suite's: run it as `make bench` would
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTEST_ADDOPTS", "PYTEST_PLUGINS"}}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCHMARKS_DIR.parent, env=env)
+    atomic_write_text(layout.validation / "benchmarks.log", proc.stdout + proc.stderr)
     # 5 = nothing collected: benchmarks are optional for the nightly check, missing ones are not.
     if proc.returncode not in (0, 5):
         raise VirNucProError(
             f"benchmarks failed (pytest exit {proc.returncode}); see "
-            f"{layout.validation / 'benchmarks.log'} and rerun them with pytest {benchmarks_dir}"
+            f"{layout.validation / 'benchmarks.log'} and rerun them with pytest {cmd[3]}"
         )
     return str(out) if out.exists() else None
 
 
 def _metrics_db(metrics_db: str | Path | None) -> Path:
-    return Path(metrics_db) if metrics_db else Settings.from_env().metrics_db
+    """The metrics database: ``metrics_db`` (a DAG param) inside ``VIRNUCPRO_METRICS_ROOT``, else
+    the configured ``VIRNUCPRO_METRICS_DB``."""
+    settings = Settings.from_env()
+    if not metrics_db or not str(metrics_db).strip():
+        return settings.metrics_db
+    return path_inside(str(metrics_db), settings.dag_metrics_root(), "metrics_db", "VIRNUCPRO_METRICS_ROOT")
 
 
 def ingest_step(paths: Sequence[str | Path | None], metrics_db: str | Path | None = None) -> str:

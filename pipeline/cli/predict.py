@@ -160,6 +160,7 @@ def command(
     (per chunk) in the original VirNucPro formats, OUT/record_summary.tsv (per input record) and
     OUT/run_record.json (timings and settings).
     """
+    from pipeline.core.paths import run_lock
     from pipeline.run.predict import DEMO_NOTE, run_predict
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
@@ -168,7 +169,8 @@ def command(
     cfg = build_predict_config(input_path, out_dir, classifier=classifier, settings=settings, **options)
     if not options["demo"] and is_random_classifier(cfg.classifier):
         click.echo("warning: --classifier random gives meaningless scores", err=True)
-    record = run_predict(cfg, settings)
+    with run_lock(out_dir):  # one run per output directory: a second one is refused at once (exit 11)
+        record = run_predict(cfg, settings)
     counts = record["counts"]
     if counts["frames"] == 0:
         click.echo(

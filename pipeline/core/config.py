@@ -70,6 +70,16 @@ def _env_int(environ: Mapping[str, str], name: str, default: int | None, minimum
     return value
 
 
+def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    raw = (environ.get(name) or "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(f"{name}={raw!r} must be an absolute directory path")
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings from the environment (documented in the README, "Environment variables").
@@ -87,6 +97,14 @@ class Settings:
         compile_cache_dir: ``VIRNUCPRO_COMPILE_CACHE`` - on-disk cache of compiled kernels
             (TorchInductor and Triton), shared by the workers of a run and by later runs (default
             ``$XDG_CACHE_HOME/virnucpro/compile``, else ``~/.cache/virnucpro/compile``).
+        input_root: ``VIRNUCPRO_INPUT_ROOT`` - a DAG's ``input_path`` must lie below it (default:
+            the worker's working directory).
+        output_root: ``VIRNUCPRO_OUTPUT_ROOT`` - a DAG's ``output_dir`` must lie below it (default:
+            the DAG's own default output root).
+        metrics_root: ``VIRNUCPRO_METRICS_ROOT`` - a DAG's ``metrics_db`` must lie below it (default:
+            the directory of ``metrics_db``).
+        gpu_pool_size: ``VIRNUCPRO_GPU_POOL_SIZE`` - slots of the Airflow ``gpu`` pool, the most
+            ``gpu_slots`` a DAG run may ask for (default 8).
     """
 
     disable_compile: bool = False
@@ -96,6 +114,10 @@ class Settings:
     token_budget: int | None = None
     progress: bool = True
     compile_cache_dir: Path | None = None
+    input_root: Path | None = None
+    output_root: Path | None = None
+    metrics_root: Path | None = None
+    gpu_pool_size: int = 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,7 +136,19 @@ class Settings:
             token_budget=_env_int(env, "VIRNUCPRO_TOKEN_BUDGET", None, minimum=16),
             progress=_env_bool(env, "VIRNUCPRO_PROGRESS", True),
             compile_cache_dir=_compile_cache_dir(env),
+            input_root=_env_path(env, "VIRNUCPRO_INPUT_ROOT"),
+            output_root=_env_path(env, "VIRNUCPRO_OUTPUT_ROOT"),
+            metrics_root=_env_path(env, "VIRNUCPRO_METRICS_ROOT"),
+            gpu_pool_size=_env_int(env, "VIRNUCPRO_GPU_POOL_SIZE", 8, minimum=0),
         )
+
+    def dag_input_root(self) -> Path:
+        """Where a DAG run may read its input from (``VIRNUCPRO_INPUT_ROOT``, else the working directory)."""
+        return self.input_root or Path.cwd()
+
+    def dag_metrics_root(self) -> Path:
+        """Where a DAG run's ``metrics_db`` may lie (``VIRNUCPRO_METRICS_ROOT``, else beside metrics_db)."""
+        return self.metrics_root or self.metrics_db.expanduser().absolute().parent
 
 
 def _compile_cache_dir(env: Mapping[str, str]) -> Path:

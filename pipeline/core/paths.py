@@ -19,8 +19,6 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError, OutputIntegrityError, RunInProgressError, describe_os_error
 
-LOCK_FILE = ".virnucpro.lock"
-
 
 def path_inside(
     value: str | os.PathLike[str],
@@ -69,41 +67,30 @@ def read_json_state(path: str | os.PathLike[str], what: str, remedy: str) -> Any
 
 
 @contextlib.contextmanager
-def run_lock(
-    directory: str | os.PathLike[str], *, shared: bool = False, name: str = LOCK_FILE, owner: str = ""
-) -> Iterator[Path]:
-    """Hold ``directory/name`` locked (``flock``) for the ``with`` block; a second holder is refused
-    at once with `RunInProgressError` and the first is not disturbed.
+def run_lock(directory: str | os.PathLike[str], *, shared: bool = False) -> Iterator[Path]:
+    """Hold ``directory`` locked (``flock`` on the directory itself, so no file is added to it) for
+    the ``with`` block; a second holder is refused at once with `RunInProgressError` and the first
+    is not disturbed. The directory is created when missing; an existing file is locked in place.
 
     ``shared=True`` takes a shared lock: several holders may share it (the mapped embed tasks of one
     DAG run), but no exclusive holder (another run's prepare) may join them. The kernel drops the
     lock when the process dies, so a killed run never leaves a stale lock behind.
     """
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if root.is_file():  # a shard file: lock it in place
+        fd = os.open(root, os.O_RDONLY)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            holder = _read_holder(path)
             raise RunInProgressError(
-                f"{root} is in use by another run ({holder or 'holder unknown'}); wait for it to end or "
-                "give another output directory"
+                f"{root} is in use by another run; wait for it to finish or give another output directory"
             ) from None
-        if not shared:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()}{' ' + owner if owner else ''}\n".encode())
-        yield path
+        yield root
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def _read_holder(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()[:200]
-    except OSError:
-        return ""

@@ -59,9 +59,9 @@ def _check_first_line(lines: Iterator[str], path: Path) -> Iterator[str]:
         if not line.strip():
             continue
         if not line.startswith(">"):
-            shown = line.strip()[:40]
+            # the line itself is not shown: the file may be anything, a secret included
             raise InputError(
-                f"{path}: not a FASTA file - line {number} starts with {shown!r} instead of '>'; "
+                f"{path}: not a FASTA file - line {number} does not start with '>'; "
                 "give a nucleotide FASTA file (plain or gzip) whose records start with '>id'"
             )
         return itertools.chain([line], lines)

@@ -575,6 +575,9 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
     started = utc_now()
     out = Path(cfg.output_dir)
 
+    from pipeline.run.preflight import preflight_models
+
+    preflight_models(cfg)  # specifiers and classifier width, before any embedding
     classifier: Any = cfg.classifier
     if not is_random_classifier(cfg.classifier):
         classifier = load_classifier(cfg.classifier)  # fail before any embedding work

@@ -32,9 +32,9 @@ from pipeline.core.config import (
     PRECISIONS,
     PredictConfig,
     Settings,
-    is_random_classifier,
 )
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, RunInProgressError
+from pipeline.core.paths import path_inside, read_json_state
 from pipeline.core.run_record import stage_row
 from pipeline.run.predict import encoder_embed_config, make_predict_config
 
@@ -109,12 +109,34 @@ class RunLayout:
 # parameters -> configs
 
 
-def resolve_output_dir(output_dir: str | None, default_root: str | Path, run_id: str) -> Path:
-    """The run's output directory: the given one, or ``default_root/<run id made path-safe>``."""
+def resolve_output_dir(
+    output_dir: str | None, default_root: str | Path, run_id: str, settings: Settings | None = None
+) -> Path:
+    """The run's output directory: the given one, or ``<root>/<run id made path-safe>``.
+
+    ``<root>`` is ``VIRNUCPRO_OUTPUT_ROOT`` when set, else ``default_root`` (the DAG's own). The result
+    must lie below that root once symbolic links and ``..`` are resolved (`path_inside`); a relative
+    ``output_dir`` is taken relative to it.
+    """
+    settings = settings or Settings.from_env()
+    root = settings.output_root or Path(default_root).absolute()
     if output_dir and str(output_dir).strip():
-        return Path(output_dir).expanduser().resolve()
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"
-    return (Path(default_root) / safe).resolve()
+        value: str | Path = str(output_dir)
+    else:
+        value = root / (re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_.") or "run")
+    return path_inside(value, root, "output_dir", "VIRNUCPRO_OUTPUT_ROOT")
+
+
+def check_gpu_slots(gpu_slots: int, settings: Settings) -> int:
+    """``gpu_slots`` if the ``gpu`` pool (``VIRNUCPRO_GPU_POOL_SIZE`` slots) holds it, else ConfigError."""
+    if gpu_slots < 0:
+        raise ConfigError(f"gpu_slots={gpu_slots} must be >= 0 (0 = run on CPU)")
+    if gpu_slots > settings.gpu_pool_size:
+        raise ConfigError(
+            f"gpu_slots={gpu_slots} is more than the {settings.gpu_pool_size} slots of the gpu pool "
+            "(VIRNUCPRO_GPU_POOL_SIZE); ask for at most that many, or enlarge the pool and the setting"
+        )
+    return gpu_slots
 
 
 def resolve_precision(precision: str, gpu_slots: int) -> str:
@@ -139,13 +161,14 @@ def predict_config(
     raw_input = str(params.get("input_path") or "").strip()
     if not raw_input:
         raise ConfigError("input_path is empty; give the FASTA file to classify")
-    gpu_slots = int(params.get("gpu_slots", 0))
+    input_path = path_inside(raw_input, settings.dag_input_root(), "input_path", "VIRNUCPRO_INPUT_ROOT")
+    gpu_slots = check_gpu_slots(int(params.get("gpu_slots", 0)), settings)
     precision = resolve_precision(str(params.get("precision", "auto")), gpu_slots)
     attention = str(params.get("attention", "auto"))
     if attention not in ATTENTION_BACKENDS:
         raise ConfigError(f"attention={attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     return make_predict_config(
-        Path(raw_input).expanduser().resolve(),
+        input_path,
         Path(output_dir),
         settings,
         chunk_size=int(params.get("chunk_size", DEFAULT_CHUNK_SIZE)),
@@ -223,9 +246,16 @@ def _write_stages(layout: RunLayout, name: str, rows: Sequence[Mapping[str, Any]
     return path
 
 
-def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
-    """Chunk + six-frame translate the input into the run directory; returns that directory."""
+def prepare_step(params: Mapping[str, Any], output_dir: str | Path, run_id: str | None = None) -> str:
+    """Chunk + six-frame translate the input into the run directory; returns that directory.
+
+    Refused before anything is written: a directory holding a finished run (``run_record.json``), one
+    that another DAG run (``run_id``) started and did not finish unless ``resume`` is set, and every
+    model, classifier or width problem `preflight_models` can see without embedding.
+    """
+    from pipeline.core.runinfo import utc_now
     from pipeline.prepare.stage import prepare
+    from pipeline.run.preflight import preflight_models
 
     cfg = predict_config(params, output_dir)
     if not cfg.input_path.is_file():
@@ -233,14 +263,10 @@ def prepare_step(params: Mapping[str, Any], output_dir: str | Path) -> str:
             f"input_path {cfg.input_path} does not exist on this worker; give a FASTA "
             "file (plain or .gz) that the workers can read"
         )
-    if not is_random_classifier(cfg.classifier):
-        from pipeline.classify.mlp import load_classifier
-
-        load_classifier(cfg.classifier)  # a wrong or unsafe classifier fails now, not after embedding
-    from pipeline.core.runinfo import utc_now
-
     layout = RunLayout(Path(output_dir))
-    atomic_write_text(layout.stages / "run.json", json.dumps({"started_at": utc_now()}))
+    _refuse_taken_run_dir(layout, run_id, cfg.resume)
+    preflight_models(cfg)  # a wrong model, classifier or width fails now, not after embedding
+    atomic_write_text(layout.stages / "run.json", json.dumps({"started_at": utc_now(), "owner": run_id}))
     start = time.perf_counter()
     prepared = prepare(cfg.input_path, layout.root, cfg.chunk_size)
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
@@ -271,8 +297,7 @@ def shard_step(run_dir: str | Path, gpu_slots: int) -> list[str]:
     from pipeline.classify.scoring import frame_ids
     from pipeline.prepare.shard import write_shards
 
-    if gpu_slots < 0:
-        raise ConfigError(f"gpu_slots={gpu_slots} must be >= 0 (0 = run on CPU)")
+    check_gpu_slots(gpu_slots, Settings.from_env())
     layout = RunLayout(Path(run_dir))
     start = time.perf_counter()
     paths: list[Path] = []
@@ -394,6 +419,25 @@ def record_step(
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _refuse_taken_run_dir(layout: RunLayout, run_id: str | None, resume: bool) -> None:
+    """Refuse a run directory holding a finished run, or another DAG run's unfinished one."""
+    if layout.run_record.exists():
+        raise ConfigError(
+            f"output_dir {layout.root} holds a finished run (run_record.json); give a new output_dir "
+            "(a finished run is never overwritten)"
+        )
+    started = layout.stages / "run.json"
+    if run_id is None or resume or not started.is_file():
+        return
+    owner = read_json_state(started, "run start record", "give a new output_dir")
+    owner = owner.get("owner") if isinstance(owner, dict) else None
+    if owner and owner != run_id:
+        raise RunInProgressError(
+            f"output_dir {layout.root} belongs to the unfinished DAG run {owner}; give a new output_dir, "
+            "or trigger with resume=true to take that run over"
+        )
 
 
 def read_json_list(path: Path) -> list[dict[str, Any]]:
