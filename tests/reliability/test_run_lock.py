@@ -109,7 +109,10 @@ def test_dag_tasks_refuse_a_directory_another_run_holds(tmp_path, held, monkeypa
     shard.write_bytes(b"")
     held(out)
     called: list[str] = []
-    monkeypatch.setattr(tasks, "run_step", lambda step, *a, **k: called.append(step.__name__))
+    import pipeline.run.steps as steps
+
+    for name in ("prepare", "shard", "embed", "classify", "merge", "record"):
+        monkeypatch.setattr(steps, f"{name}_step", lambda *a, _n=name, **k: called.append(_n))
     body = _task_body(tasks, task)
     params = {"output_dir": str(out), "gpu_slots": 0, "metrics_db": "", "input_path": str(DEMO)}
     with pytest.raises(RunInProgressError):

@@ -169,8 +169,10 @@ def test_gpu_runs_have_a_tighter_limit_than_cpu_runs(tmp_path):
     assert (esm_gpu["device_class"], esm_cpu["device_class"]) == ("gpu", "cpu")
 
 
-def test_cli_and_nightly_share_one_default(filled_db, tmp_path):
+def test_cli_and_nightly_share_one_default(filled_db, tmp_path, monkeypatch):
     from validation.steps import regression_step
+
+    monkeypatch.setenv("VIRNUCPRO_METRICS_ROOT", str(Path(filled_db).parent))  # the step's path rule
 
     nightly = json.loads(Path(regression_step(filled_db, None, tmp_path / "run")).read_text())
     assert [r["regressed"] for r in nightly] == [r["regressed"] for r in check_regressions(filled_db)]
@@ -189,8 +191,10 @@ def test_speed_ups_read_as_speed_ups():
     assert describe_change(0.12) == "12.0% slower"
 
 
-def test_verdict_line_names_the_regressions(filled_db, tmp_path):
+def test_verdict_line_names_the_regressions(filled_db, tmp_path, monkeypatch):
     from validation.steps import regression_step
+
+    monkeypatch.setenv("VIRNUCPRO_METRICS_ROOT", str(Path(filled_db).parent))  # the step's path rule
 
     run = tmp_path / "run"
     (run / "validation").mkdir(parents=True)
