@@ -3,8 +3,8 @@ width equals DNABERT-S width + ESM-2 width.
 
 Widths come from the architecture tables (``ESM2_ARCHS``, ``RANDOM_ARCHS``), a DNABERT-S
 ``config.json`` or the header of a local ESM-2 checkpoint (memory-mapped, no weights read): no model
-is built. A local ESM-2 checkpoint whose width cannot be read this way is checked when it is loaded,
-as before.
+is built. A legacy-format (pre-zip) ESM-2 checkpoint cannot be memory-mapped; its width is checked
+when it is loaded, as before.
 """
 
 from __future__ import annotations
@@ -48,17 +48,33 @@ def esm_width(spec: str) -> int | None:
 
 
 def _checkpoint_width(path: Path) -> int | None:
-    """``cfg.model.encoder_embed_dim`` of a fair-esm checkpoint, read memory-mapped (no weights in RAM)."""
+    """``cfg.model.encoder_embed_dim`` of a fair-esm checkpoint, read memory-mapped (no weights in RAM).
+
+    A file that is no torch checkpoint at all is refused here; a legacy (pre-zip) checkpoint cannot
+    be memory-mapped, so its width is left to the loader (None).
+    """
     import argparse
 
     import torch
 
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x80\x02":  # torch's legacy pickle format
+        return None
+    if magic != b"PK":
+        raise ModelLoadError(
+            f"ESM-2 checkpoint {path} is not a torch checkpoint file; give a fair-esm .pt file, a model "
+            "name or random:<name>"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         return int(data["cfg"]["model"].encoder_embed_dim)
-    except Exception:  # legacy formats, odd layouts: the loader reports them with their own message
-        return None
+    except Exception as exc:  # refused globals, a truncated archive, another layout
+        raise ModelLoadError(
+            f"ESM-2 checkpoint {path} cannot be read as a fair-esm checkpoint ({type(exc).__name__}); "
+            "give an original fair-esm .pt file"
+        ) from None
 
 
 def dnabert_width(spec: str) -> int:

@@ -66,6 +66,7 @@ CASES = {
         "--dnabert-model",
         TINY_DNA,
     ],
+    "esm a text file": ["--classifier", "random", "--esm-model", "TEXT", "--dnabert-model", TINY_DNA],
     "unknown dnabert random": [
         "--classifier",
         "random",
@@ -92,6 +93,9 @@ def test_refused_before_embedding(tmp_path, capsys, name):
     for i, arg in enumerate(args):
         if arg.startswith("CLF:"):
             args[i] = str(_classifier(tmp_path, int(arg[4:])))
+        elif arg == "TEXT":
+            args[i] = str(tmp_path / "esm.pt")
+            Path(args[i]).write_text("not a checkpoint\n")
     out = tmp_path / "out"
     start = time.perf_counter()
     with pytest.raises(SystemExit) as info:
