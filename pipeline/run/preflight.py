@@ -2,9 +2,8 @@
 width equals DNABERT-S width + ESM-2 width.
 
 Widths come from the architecture tables (``ESM2_ARCHS``, ``RANDOM_ARCHS``), a DNABERT-S
-``config.json`` or the header of a local ESM-2 checkpoint (memory-mapped, no weights read): no model
-is built. A legacy-format (pre-zip) ESM-2 checkpoint cannot be memory-mapped; its width is checked
-when it is loaded, as before.
+``config.json`` or the ``cfg`` of a local ESM-2 checkpoint (read memory-mapped, after the loader's
+archive check): no model is built.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from pipeline.core.errors import ModelLoadError
 _RANDOM = "random:"
 
 
-def esm_width(spec: str) -> int | None:
-    """Embedding width of an ``--esm-model`` specifier; None when only loading can tell.
+def esm_width(spec: str) -> int:
+    """Embedding width of an ``--esm-model`` specifier.
 
     Raises `ModelLoadError` for a specifier that names no known architecture and no existing file.
     """
@@ -47,33 +46,18 @@ def esm_width(spec: str) -> int | None:
     )
 
 
-def _checkpoint_width(path: Path) -> int | None:
-    """``cfg.model.encoder_embed_dim`` of a fair-esm checkpoint, read memory-mapped (no weights in RAM).
+def _checkpoint_width(path: Path) -> int:
+    """``cfg.model.encoder_embed_dim`` of a fair-esm checkpoint; the loader's own safe read
+    (archive checked first, memory-mapped, so the weights are not read into memory)."""
+    from pipeline.models.esm2.checkpoint import safe_torch_load
 
-    A file that is no torch checkpoint at all is refused here; a legacy (pre-zip) checkpoint cannot
-    be memory-mapped, so its width is left to the loader (None).
-    """
-    import argparse
-
-    import torch
-
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x80\x02":  # torch's legacy pickle format
-        return None
-    if magic != b"PK":
-        raise ModelLoadError(
-            f"ESM-2 checkpoint {path} is not a torch checkpoint file; give a fair-esm .pt file, a model "
-            "name or random:<name>"
-        )
+    data = safe_torch_load(path)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         return int(data["cfg"]["model"].encoder_embed_dim)
-    except Exception as exc:  # refused globals, a truncated archive, another layout
+    except (KeyError, TypeError, AttributeError, ValueError):
         raise ModelLoadError(
-            f"ESM-2 checkpoint {path} cannot be read as a fair-esm checkpoint ({type(exc).__name__}); "
-            "give an original fair-esm .pt file"
+            f"{path} is not a fair-esm ESM-2 checkpoint (no cfg.model.encoder_embed_dim); give an "
+            "original fair-esm .pt file, a model name or random:<name>"
         ) from None
 
 
@@ -94,17 +78,17 @@ def dnabert_width(spec: str) -> int:
     return read_config(resolve_checkpoint_dir(spec)).hidden_size
 
 
-def preflight_models(cfg: PredictConfig) -> int | None:
+def preflight_models(cfg: PredictConfig) -> int:
     """Check both encoders and the classifier of ``cfg`` without embedding anything.
 
-    Returns the classifier input width (DNABERT-S + ESM-2), or None when the ESM-2 width is only known
-    after loading. Raises `ModelLoadError` naming the bad specifier or the width mismatch.
+    Returns the classifier input width (DNABERT-S + ESM-2). Raises `ModelLoadError` naming the bad
+    specifier or the width mismatch.
     """
     from pipeline.classify.mlp import load_classifier
 
     dna = dnabert_width(cfg.dnabert.model)
     protein = esm_width(cfg.esm.model)
-    width = None if protein is None else dna + protein
+    width = dna + protein
     spec = str(cfg.classifier)
     if is_random_classifier(spec):
         try:
