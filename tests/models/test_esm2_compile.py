@@ -81,7 +81,14 @@ def test_compiled_graph_keeps_the_cuda_varlen_backend():
     assert compiled.backend in ("flash-attn", "torch-varlen")
     with torch.inference_mode():
         args = batch(eager, [12, 3, 30, 200, 1])
-        torch.testing.assert_close(compiled(*args), eager(*args), atol=2e-3, rtol=2e-3)
+        got, want = compiled(*args), eager(*args)
+        # fp16 hidden states after 6 layers: fused and unfused kernels round differently (1-2 ulp at
+        # |x| ~ 4-8 is 4e-3-8e-3); a wrong kernel is off by far more, and the pooled rows must agree.
+        torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
+        pooled = torch.nn.functional.cosine_similarity(
+            compiled.pool(got, args[1]), eager.pool(want, args[1]), dim=1
+        )
+        assert pooled.min().item() > 0.9999, pooled
     targets = call_targets(graphs)
     assert any("varlen" in t or "flash" in t for t in targets), targets
     assert not any("scaled_dot_product_attention" in t for t in targets), targets

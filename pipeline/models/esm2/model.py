@@ -293,6 +293,11 @@ class PackedESM2(PackedEncoder):
         if self.backend == "flex":
             log.info("torch.compile of the layer skipped: the flex backend already runs a compiled kernel")
             return
+        if self.backend == "sdpa" and self.device.type == "cuda":
+            # On CUDA sdpa is only the fallback for a missing flash kernel, and inductor (torch 2.11)
+            # cannot lower its padded layer there (InductorError: SliceView, seen on an H200).
+            log.info("torch.compile of the layer skipped: the padded sdpa fallback runs eager on CUDA")
+            return
         self._layer_fn = torch.compile(packed_layer, backend=compile_backend)
         self.compiled = True
 
