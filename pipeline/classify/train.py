@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from pipeline.classify.mlp import MLPClassifier
 from pipeline.classify.scoring import frame_ids, join_positions
+from pipeline.core.config import MODEL_KINDS
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.embed.parts import open_embeddings
 
@@ -262,7 +263,7 @@ def load_features(run_dir: str | Path) -> tuple[np.ndarray, int, int]:
     frames = frame_ids(root)
     dirs = {
         kind: sorted(p for p in (root / "embeddings" / kind).glob("*") if p.is_dir())
-        for kind in ("dnabert-s", "esm2")
+        for kind in (k.name for k in MODEL_KINDS)
     }
     if not dirs["dnabert-s"] or not dirs["esm2"]:
         raise InputError(f"{root} has no embeddings/dnabert-s and embeddings/esm2; embed it first")

@@ -127,7 +127,7 @@ def command(
         model=model_spec or _DEFAULT_MODELS[kind],
         precision=precision,
         attention=attention,
-        compile=use_compile and not settings.disable_compile,
+        compile=settings.compile_wanted(use_compile),
         seed=seed,
     )
     cfg = EmbedConfig(

@@ -119,6 +119,12 @@ class Settings:
     metrics_root: Path | None = None
     gpu_pool_size: int = 8
 
+    def compile_wanted(self, requested: bool) -> bool:
+        """Whether ``torch.compile`` is used for a config asking ``requested``: the one place where
+        ``VIRNUCPRO_DISABLE_COMPILE`` overrides ``--compile`` (entry points call it as they build
+        their configs)."""
+        return requested and not self.disable_compile
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ

@@ -82,7 +82,7 @@ def make_predict_config(
     (compile stays off when ``settings.disable_compile``); token budget and worker count come from
     ``settings``; ``demo`` swaps in the offline demo models and classifier (`demo_config`).
     """
-    compile_ = compile_ and not settings.disable_compile
+    compile_ = settings.compile_wanted(compile_)
     cfg = PredictConfig(
         input_path=input_path,
         output_dir=output_dir,

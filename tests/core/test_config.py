@@ -102,3 +102,10 @@ def test_fp8_precision_runs_dnabert_in_bf16():
     assert encoder_precision("esm2", "fp8") == "fp8"
     assert encoder_precision("dnabert-s", "fp8") == "bf16"
     assert [encoder_precision("dnabert-s", p) for p in ("fp16", "bf16", "fp32")] == ["fp16", "bf16", "fp32"]
+
+
+def test_disable_compile_overrides_a_compile_request_in_one_place():
+    on = Settings.from_env({})
+    off = Settings.from_env({"VIRNUCPRO_DISABLE_COMPILE": "1"})
+    assert on.compile_wanted(True) and not on.compile_wanted(False)
+    assert not off.compile_wanted(True) and not off.compile_wanted(False)
