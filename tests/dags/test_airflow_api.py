@@ -27,7 +27,7 @@ def test_rest_api_triggers_a_predict_run(tmp_path, serve_factory):  # noqa: F811
         server.request(
             "POST",
             "/api/v2/dags/virnucpro_predict/dagRuns",
-            {"logical_date": None, "conf": {"input_path": str(fasta), "precision": "fp8"}},
+            {"logical_date": None, "conf": {"input_path": str(fasta), "precision": "fp4"}},
         )
 
     run_dir = tmp_path / "run"
