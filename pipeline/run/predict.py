@@ -33,7 +33,7 @@ from pipeline.core.config import (
     encoder_precision,
     is_random_classifier,
 )
-from pipeline.core.errors import ConfigError, InputError, OutputIntegrityError
+from pipeline.core.errors import ConfigError, InputError, Interrupted, OutputIntegrityError
 from pipeline.core.paths import read_json_state
 from pipeline.core.run_record import stage_row
 
@@ -560,11 +560,8 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
     ``counts`` and ``workers`` (wall time of the scoring phase, per-worker GPU busy fraction, the
     spread of the workers' finish times).
     """
-    from pipeline.classify.merge import merge
-    from pipeline.classify.mlp import load_classifier, meta_dict
-    from pipeline.classify.scoring import SCORES_FILE
-    from pipeline.core.run_record import RunRecord, StageRow, write_run_record
-    from pipeline.core.runinfo import environment_info, new_run_id, utc_now
+    from pipeline.classify.mlp import load_classifier
+    from pipeline.core.runinfo import new_run_id, utc_now
 
     if cfg.demo:
         cfg = demo_config(cfg)
@@ -583,12 +580,40 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
         classifier = load_classifier(cfg.classifier)  # fail before any embedding work
         _check_classifier_fit(classifier, cfg)
 
-    prepared = prepare_and_shard(cfg, settings, outputs=("scores", "embeddings"))
-    stages = list(prepared.stages)
-    scored = ScoredRun()
-    if prepared.frames:
-        scored = score_run(cfg, settings, prepared)
-        stages += scored.stages
+    from pipeline.embed.multigpu.executor import StopSignals
+
+    # One handler for the whole run: a signal in any stage lets that stage publish what it started
+    # (every stage writes all or nothing) and stops at the next stage boundary with `Interrupted`.
+    # Scoring installs its own handler inside this one, which stops after the current part.
+    with StopSignals(abort_on_second=True).installed() as stop:
+        prepared = prepare_and_shard(cfg, settings, outputs=("scores", "embeddings"))
+        _stop_if_asked(stop, "prepare and shard")
+        stages = list(prepared.stages)
+        scored = ScoredRun()
+        if prepared.frames:
+            scored = score_run(cfg, settings, prepared)
+            stages += scored.stages
+        _stop_if_asked(stop, "scoring")
+        outputs, stages = _classify_and_merge(cfg, out, prepared, scored, stages)
+        _stop_if_asked(stop, "merge")
+    return _finish(cfg, out, run_id, started, classifier, prepared, scored, outputs, stages)
+
+
+def _stop_if_asked(stop: Any, after: str) -> None:
+    if stop.is_set():
+        raise Interrupted(
+            f"stopped by signal {stop.first} after {after} (its outputs are complete); "
+            "rerun with --resume to continue"
+        )
+
+
+def _classify_and_merge(
+    cfg: PredictConfig, out: Path, prepared: PreparedRun, scored: ScoredRun, stages: list
+) -> tuple[dict[str, Path], list]:
+    """frame_scores.parquet from the score parts, then the original-format outputs."""
+    from pipeline.classify.merge import merge
+    from pipeline.classify.scoring import SCORES_FILE
+
     scores_path = out / SCORES_FILE
     t0 = time.perf_counter()
     assemble_scores(out, scored.dirs, scores_path)
@@ -607,6 +632,24 @@ def run_predict(cfg: PredictConfig, settings: Settings) -> dict[str, Any]:
     t0 = time.perf_counter()
     outputs = merge(scores_path, out, out)
     stages.append(stage_row("merge", time.perf_counter() - t0, sequences=prepared.frames))
+    return outputs, stages
+
+
+def _finish(
+    cfg: PredictConfig,
+    out: Path,
+    run_id: str,
+    started: str,
+    classifier: Any,
+    prepared: PreparedRun,
+    scored: ScoredRun,
+    outputs: dict[str, Path],
+    stages: list,
+) -> dict[str, Any]:
+    """Write ``run_record.json`` (the run is finished once it exists) and return it as a dict."""
+    from pipeline.classify.mlp import meta_dict
+    from pipeline.core.run_record import RunRecord, StageRow, write_run_record
+    from pipeline.core.runinfo import environment_info, utc_now
 
     counts = _counts(outputs)
     counts["frames"] = prepared.frames

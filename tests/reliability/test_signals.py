@@ -26,8 +26,6 @@ POINTS = {
     "scoring, after the last part was written": ("pipeline.embed.frames", "write_part", "after"),
     "merge, before it starts": ("pipeline.classify.merge", "merge", "before"),
 }
-# points where the run has no handler of its own yet (the default action kills it, exit -15)
-NO_HANDLER_YET = {"prepare, in the middle of the input", "shard, before writing", "merge, before it starts"}
 
 TERM_AT = """
 import importlib, os, signal, sys
@@ -84,22 +82,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return results
 
 
-@pytest.mark.parametrize(
-    "point",
-    [
-        pytest.param(
-            p,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="predict installs its SIGTERM/SIGINT handler only around scoring; the "
-                "run-wide handler is the runtime's part of issue 16 (item 4)",
-            ),
-        )
-        if p in NO_HANDLER_YET
-        else p
-        for p in POINTS
-    ],
-)
+@pytest.mark.parametrize("point", list(POINTS))
 def test_sigterm_exits_75_with_one_line(interrupted: dict, point: str) -> None:
     first = interrupted[point]["first"]
     assert first.returncode == EXIT_INTERRUPTED, f"exit {first.returncode}: {first.stderr[-2000:]}"
