@@ -22,103 +22,19 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 
-from pipeline.airflow_tasks import production_chain
-from pipeline.core.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
-from pipeline.run.predict import DEMO_DNABERT_MODEL, DEMO_ESM_MODEL
+from pipeline.airflow_tasks import production_chain, production_params
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_ROOT = Path("out/runs")
 
-PARAMS = {
-    "input_path": Param(
-        str(REPO / "examples" / "demo.fa"),
-        type="string",
-        minLength=1,
-        title="Input FASTA",
-        description="FASTA file (plain or .gz) to classify, as the workers see it (default: the demo).",
-    ),
-    # Optional fields accept null: the form leaves an empty optional field out (a plain "string"
-    # would be marked required and block Trigger).
-    "output_dir": Param(
-        None,
-        type=["null", "string"],
-        title="Output directory",
-        description="Where the run writes its files; empty = out/runs/<run id>.",
-    ),
-    "chunk_size": Param(
-        500,
-        type="integer",
-        minimum=3,
-        examples=[300, 500],
-        title="Chunk size (bp)",
-        description="300 or 500 for the published classifiers; any length >= 3 is accepted.",
-    ),
-    "esm_model": Param(
-        DEFAULT_ESM_MODEL,
-        type="string",
-        minLength=1,
-        title="ESM-2 model",
-        description=f"fair-esm name, local checkpoint, or random:<fair-esm name>. Ignored while Demo models "
-        f"is on (demo uses {DEMO_ESM_MODEL}).",
-    ),
-    "dnabert_model": Param(
-        DEFAULT_DNABERT_MODEL,
-        type="string",
-        minLength=1,
-        title="DNABERT-S model",
-        description="Hugging Face id or local directory, or random:dnabert-s[-tiny]. Ignored while Demo "
-        f"models is on (demo uses {DEMO_DNABERT_MODEL}).",
-    ),
-    "classifier": Param(
-        "random",
-        type="string",
-        minLength=1,
-        title="Classifier",
-        description="VirNucPro .pth (300_model.pth / 500_model.pth for chunk size 300 / 500), a project "
-        ".safetensors file, or random. Ignored while Demo models is on (demo uses random).",
-    ),
-    "precision": Param(
-        "auto",
-        enum=["auto", *PRECISIONS],
-        title="Precision",
-        description="auto = bf16 on GPUs, fp32 on CPU; fp8 = ESM-2's MLP in FP8 (Hopper).",
-    ),
-    "attention": Param(
-        "auto",
-        enum=list(ATTENTION_BACKENDS),
-        title="Attention backend",
-        description="auto = the fastest correct backend for each model and device; sdpa on CPU.",
-    ),
-    "gpu_slots": Param(
-        0,
-        type="integer",
-        minimum=0,
-        maximum=64,  # a sane bound; the real one is the gpu pool (VIRNUCPRO_GPU_POOL_SIZE)
-        title="GPU slots",
-        description="Number of shards, one GPU each (set it to your GPU count); 0 embeds one shard on CPU.",
-    ),
-    "resume": Param(
-        False,
-        type="boolean",
-        title="Resume",
-        description="Reuse finished embedding parts found in the output directory.",
-    ),
-    "demo": Param(
-        True,
-        type="boolean",
-        title="Demo models",
-        description=f"On: tiny random models ({DEMO_ESM_MODEL}, {DEMO_DNABERT_MODEL}, random classifier), "
-        "offline and CPU-sized, results not meaningful. Off for a real run with the model fields below.",
-    ),
-    "metrics_db": Param(
-        None,
-        type=["null", "string"],
-        title="Metrics database",
-        description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb.",
-    ),
-}
+PARAMS = production_params(
+    input_default=REPO / "examples" / "demo.fa",
+    input_title="Input FASTA",
+    input_description="FASTA file (plain or .gz) to classify, as the workers see it (default: the demo).",
+    output_description="Where the run writes its files; empty = out/runs/<run id>.",
+)
 
 
 @dag(

@@ -28,7 +28,14 @@ from pipeline.core.errors import (
 from pipeline.core.paths import run_lock
 from pipeline.run.steps import GPU_POOL, GPU_QUEUE, gpu_executor_config, resolve_output_dir
 
-__all__ = ["DETERMINISTIC_ERRORS", "gpu_task_kwargs", "output_dir_for", "production_chain", "run_step"]
+__all__ = [
+    "production_params",
+    "DETERMINISTIC_ERRORS",
+    "gpu_task_kwargs",
+    "output_dir_for",
+    "production_chain",
+    "run_step",
+]
 
 T = TypeVar("T")
 
@@ -71,6 +78,108 @@ def run_step(
 
         raise AirflowFailException(f"{type(error).__name__}: {error}") from None
     raise error from None
+
+
+def production_params(
+    *, input_default: str | Path, input_title: str, input_description: str, output_description: str
+) -> dict[str, Any]:
+    """The ``Param`` form of a production run, shared by both DAGs (the keys `production_chain` and
+    `pipeline.run.steps.predict_config` read). Only the input and output fields differ per DAG."""
+    from airflow.sdk import Param
+
+    from pipeline.core.config import ATTENTION_BACKENDS, DEFAULT_DNABERT_MODEL, DEFAULT_ESM_MODEL, PRECISIONS
+    from pipeline.run.predict import DEMO_DNABERT_MODEL, DEMO_ESM_MODEL
+
+    return {
+        "input_path": Param(
+            str(input_default),
+            type="string",
+            minLength=1,
+            title=input_title,
+            description=input_description,
+        ),
+        # Optional fields accept null: the form leaves an empty optional field out (a plain "string"
+        # would be marked required and block Trigger).
+        "output_dir": Param(
+            None,
+            type=["null", "string"],
+            title="Output directory",
+            description=output_description,
+        ),
+        "chunk_size": Param(
+            500,
+            type="integer",
+            minimum=3,
+            examples=[300, 500],
+            title="Chunk size (bp)",
+            description="300 or 500 for the published classifiers; any length >= 3 is accepted.",
+        ),
+        "esm_model": Param(
+            DEFAULT_ESM_MODEL,
+            type="string",
+            minLength=1,
+            title="ESM-2 model",
+            description="fair-esm name, local checkpoint, or random:<fair-esm name>. Ignored while "
+            f"Demo models is on (demo uses {DEMO_ESM_MODEL}).",
+        ),
+        "dnabert_model": Param(
+            DEFAULT_DNABERT_MODEL,
+            type="string",
+            minLength=1,
+            title="DNABERT-S model",
+            description="Hugging Face id or local directory, or random:dnabert-s[-tiny]. Ignored while Demo "
+            f"models is on (demo uses {DEMO_DNABERT_MODEL}).",
+        ),
+        "classifier": Param(
+            "random",
+            type="string",
+            minLength=1,
+            title="Classifier",
+            description="VirNucPro .pth (300_model.pth / 500_model.pth for chunk size 300 / 500), a project "
+            ".safetensors file, or random. Ignored while Demo models is on (demo uses random).",
+        ),
+        "precision": Param(
+            "auto",
+            enum=["auto", *PRECISIONS],
+            title="Precision",
+            description="auto = bf16 on GPUs, fp32 on CPU; fp8 = ESM-2's MLP in FP8 (Hopper).",
+        ),
+        "attention": Param(
+            "auto",
+            enum=list(ATTENTION_BACKENDS),
+            title="Attention backend",
+            description="auto = the fastest correct backend for each model and device; sdpa on CPU.",
+        ),
+        "gpu_slots": Param(
+            0,
+            type="integer",
+            minimum=0,
+            maximum=64,  # a sane bound; the real one is the gpu pool (VIRNUCPRO_GPU_POOL_SIZE)
+            title="GPU slots",
+            description="Number of shards, one GPU each (set it to your GPU count); "
+            "0 embeds one shard on CPU.",
+        ),
+        "resume": Param(
+            False,
+            type="boolean",
+            title="Resume",
+            description="Reuse finished embedding parts found in the output directory.",
+        ),
+        "demo": Param(
+            True,
+            type="boolean",
+            title="Demo models",
+            description=f"On: tiny random models ({DEMO_ESM_MODEL}, {DEMO_DNABERT_MODEL}, random "
+            "classifier), offline and CPU-sized, results not meaningful. Off for a real run with the "
+            "model fields below.",
+        ),
+        "metrics_db": Param(
+            None,
+            type=["null", "string"],
+            title="Metrics database",
+            description="DuckDB file; empty = VIRNUCPRO_METRICS_DB or reports/metrics.duckdb.",
+        ),
+    }
 
 
 def gpu_task_kwargs() -> dict[str, Any]:
