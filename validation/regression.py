@@ -11,7 +11,9 @@ numbers (throughput), ``new/old - 1`` for times; a negative slowdown is a speed-
 and a minimum slowdown, which is tighter on GPUs (dedicated, steady) than on CPUs (shared, noisy).
 The relative noise is the larger of the spread of the earlier runs' values (standard deviation over
 median) and the spread inside the runs themselves (pytest-benchmark's stddev over median of its
-rounds). One `DEFAULT_POLICY` serves ``virnucpro report`` and the nightly DAG alike.
+rounds). A metric whose noise is unknown (one earlier value and no spread of its own) is reported
+but never flagged: one earlier run cannot tell a regression from noise. One `DEFAULT_POLICY` serves
+``virnucpro report`` and the nightly DAG alike.
 """
 
 from __future__ import annotations
@@ -187,7 +189,8 @@ def _compare(
                 "slowdown": slowdown,
                 "noise": noise,
                 "limit": limit,
-                "regressed": slowdown is not None and slowdown > limit,
+                "noise_known": noise is not None,
+                "regressed": noise is not None and slowdown is not None and slowdown > limit,
             }
         )
     return rows

@@ -259,3 +259,20 @@ def test_per_record_plot_from_a_run_directory_and_missing_db_refused(filled_db, 
     )
     assert isinstance(result.exception, ConfigError) and "typo.duckdb does not exist" in str(result.exception)
     assert not (tmp_path / "typo.duckdb").exists() and not (tmp_path / "x.html").exists()
+
+
+def test_one_earlier_run_cannot_make_a_regression(tmp_path):
+    # 30 % slower than the only earlier run: reported, but a run record has no spread of its own and
+    # one earlier value gives none either, so the noise is unknown and nothing is flagged
+    def esm(tps_by_day):
+        docs = [samples.run_record(day, esm_tps=tps) for day, tps in tps_by_day]
+        for doc in docs:
+            doc["environment"]["device_count"] = 0
+        rows = check_regressions(_store(tmp_path / str(len(docs)), docs))
+        return next(r for r in rows if "esm2" in r["metric"] and r["reference"] == "previous")
+
+    one = esm([(1, 72000.0), (2, 50400.0)])
+    assert one["slowdown"] == pytest.approx(0.30) and one["noise"] is None
+    assert not one["noise_known"] and not one["regressed"]
+    two = esm([(1, 72000.0), (2, 72000.0), (3, 50400.0)])
+    assert two["noise_known"] and two["regressed"]
