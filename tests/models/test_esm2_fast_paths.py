@@ -4,10 +4,10 @@ matmuls cannot run, close to fp32 where they can (GPU test)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.esm2 import pack, proteins
 
 from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import BackendUnavailableError, ConfigError
@@ -15,20 +15,6 @@ from pipeline.models import fp8
 from pipeline.models.esm2 import PackedESM2, load_esm2
 
 SPEC = "random:esm2_t6_8M_UR50D"
-AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def proteins(lengths, seed=0):
-    rng = np.random.default_rng(seed)
-    return ["".join(AA[i] for i in rng.integers(0, 20, n)) for n in lengths]
-
-
-def pack(model: PackedESM2, seqs):
-    ids = [torch.from_numpy(model.tokenizer.encode(s)) for s in seqs]
-    lens = torch.tensor([t.numel() for t in ids])
-    cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
-    cu[1:] = lens.cumsum(0)
-    return torch.cat(ids), cu, int(lens.max())
 
 
 def fair_esm_means(model: PackedESM2, seqs) -> torch.Tensor:
