@@ -106,7 +106,7 @@ def test_regressions_against_previous_and_baseline(filled_db):
 
 
 def test_cli_ingest_and_report(tmp_path):
-    paths = samples.write_samples(tmp_path / "in", days=(1, 2))
+    paths = samples.write_samples(tmp_path / "in", days=(1, 2, 3))  # two earlier runs: the noise is known
     db = tmp_path / "m.duckdb"
     for _ in range(2):
         with pytest.raises(SystemExit) as exc:
