@@ -269,6 +269,7 @@ def _packed_embeddings(
             hidden_size=encoder.info.hidden_size,
             dtype_bytes=param.element_size(),
             free_bytes=free,
+            max_budget=encoder.best_token_budget,
         )
     plan = plan_batches(lengths, budget)
     out = np.zeros((len(sequences), encoder.info.hidden_size), dtype=np.float32)
@@ -395,6 +396,11 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
             "n_chunks": len({i[:-2] for i in frames.ids}),
             **stats,
         }
+        # how much the agreement can say: a boundary that calls almost every frame one way, or that no
+        # frame comes near, agrees whatever the embeddings do
+        base_virus = base_probs[:, 1]
+        row["baseline_viral_fraction"] = float(np.mean(frame_labels(base_probs)))
+        row["baseline_near_boundary_fraction"] = float(np.mean(np.abs(base_virus - 0.5) < 0.1))
         row["label_enforced"] = enforce_labels
         thresholds = config.fp8_thresholds if precision == "fp8" else config.thresholds
         row["passed"] = passes(row, thresholds, enforce_labels=enforce_labels)

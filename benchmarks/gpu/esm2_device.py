@@ -23,7 +23,9 @@ Tokens/s counts real tokens (residues + BOS + EOS). Each path runs a warm-up pas
 Part C (ablation, bf16, 500 bp mix): the packed bf16 engine with one technique switched off at a
 time (eager instead of compiled, ``dynamic=True`` compilation, erf GELU instead of the matmul
 epilogue) and at other token budgets. (The v2 result JSON also has a row "residual add unfused": a
-deferred residual add fused with the next LayerNorm measured no gain and was dropped.)
+deferred residual add fused with the next LayerNorm measured no gain and was dropped.) On every mix:
+FA2 instead of the memory-efficient kernel for short batches (`SHORT_SEQUENCE_TOKENS`; it changes
+only the short-read mix), and inductor's ``max-autotune-no-cudagraphs`` compile mode (bf16 and fp8).
 
 Goals on one H200 with ESM-2 3B: fp16 or bf16 >= 105K tokens/s on every mix and >= 2.5x vanilla on
 the wide mix; fp8 >= 140K tokens/s at the fidelity above.
@@ -408,6 +410,47 @@ def ablation(b: Bench, m, data: dict[str, Any], mix: str) -> None:
             variant(f"token budget {budget}", lambda: None, restore, budget=budget)
 
 
+def engine_options(b: Bench, m, mixes: dict[str, dict[str, Any]], name: str) -> None:
+    """``m`` (compiled) on every mix with the short-batch kernel off, then in max-autotune mode; the rows
+    to compare with are the same engine's plain rows of part B (same data, same process)."""
+    import torch
+
+    from pipeline.models import attention
+    from pipeline.models.esm2.model import packed_layer
+
+    rows = b.result["ablation"]
+    if not m.compiled:
+        return
+    compiled_fn, short = m._layer_fn, attention.SHORT_SEQUENCE_TOKENS
+    short_mix = "short_reads_30-60aa"
+
+    def fa2_everywhere():
+        attention.SHORT_SEQUENCE_TOKENS = 0
+        try:
+            rows.append(throughput(b, m, short_mix, mixes[short_mix], f"{name} FA2 for short batches"))
+        finally:
+            attention.SHORT_SEQUENCE_TOKENS = short
+        b.save()
+
+    if name == "packed-bf16":
+        guarded(b, f"{name} FA2 for short batches", fa2_everywhere, need=25)
+    m._layer_fn = torch.compile(
+        packed_layer, mode="max-autotune-no-cudagraphs", backend=b.args.compile_backend
+    )
+    try:
+        for mix, data in mixes.items():
+            if name != "packed-bf16" and not mix.startswith("frames"):
+                continue  # fp8: the 500 bp mix only (time)
+
+            def go(mix=mix, data=data):
+                rows.append(throughput(b, m, mix, data, f"{name} max-autotune"))
+                b.save()
+
+            guarded(b, f"{name} max-autotune {mix}", go, need=90)
+    finally:
+        m._layer_fn = compiled_fn
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -425,10 +468,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     try:
         from pipeline.embed.planning import choose_token_budget
+        from pipeline.models.esm2 import PackedESM2
 
         free = torch.cuda.mem_get_info(b.device)[0] if b.device.type == "cuda" else None
         b.result["config"]["production_token_budget"] = choose_token_budget(
-            device_type=b.device.type, hidden_size=2560, dtype_bytes=2, free_bytes=free
+            device_type=b.device.type,
+            hidden_size=2560,
+            dtype_bytes=2,
+            free_bytes=free,
+            max_budget=PackedESM2.best_token_budget,
         )
     except Exception:  # noqa: BLE001 - informational only
         pass
@@ -480,6 +528,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp8_rows(b, m, fp8_phases[0], mixes, cos_ids, ref)
         if precision in ("bf16", "fp32") and not args.no_ablation:
             ablation(b, m, mixes["frames_500bp_120-166aa"], "frames_500bp_120-166aa")
+            engine_options(b, m, mixes, "packed-bf16")
         if fp8_phases:
             fp8_rows(b, m, fp8_phases[1], mixes, cos_ids, ref)
         del m
@@ -521,6 +570,8 @@ def fp8_rows(b: Bench, base, variants, mixes: dict[str, dict[str, Any]], cos_ids
             if row is not None:
                 b.result["throughput"].append(row)
             b.save()
+        if name == "fp8" and not b.args.no_ablation:
+            engine_options(b, m8, mixes, "packed-fp8")
         del m8
         b.free()
 
@@ -567,9 +618,11 @@ def table(result: dict[str, Any]) -> str:
         )
     if result["ablation"]:
         lines.append("")
-        lines.append("ablation (packed bf16 on the 500 bp mix; fp32 in --smoke):")
+        lines.append("ablation (packed bf16 on the 500 bp mix unless named; fp32 in --smoke):")
         for r in result["ablation"]:
-            lines.append(f"  {r['path']:<42} {r['token_budget']:>7} {r['tokens_per_s']:>10,.0f}")
+            lines.append(
+                f"  {r['path']:<34} {r['mix'][:12]:<12} {r['token_budget']:>7} {r['tokens_per_s']:>10,.0f}"
+            )
     lines.append("")
     lines.append("goals: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in result["goals"].items()))
     for s in result["skipped"]:

@@ -31,7 +31,7 @@ from pipeline.classify.mlp import MLPClassifier
 from pipeline.classify.scoring import frame_ids, join_positions
 from pipeline.core.config import MODEL_KINDS
 from pipeline.core.errors import ConfigError, InputError
-from pipeline.embed.parts import open_embeddings
+from pipeline.embed.parts import open_embeddings, shard_dirs
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +261,7 @@ def load_features(run_dir: str | Path) -> tuple[np.ndarray, int, int]:
     """
     root = Path(run_dir)
     frames = frame_ids(root)
-    dirs = {
-        kind: sorted(p for p in (root / "embeddings" / kind).glob("*") if p.is_dir())
-        for kind in (k.name for k in MODEL_KINDS)
-    }
+    dirs = {kind: shard_dirs(root / "embeddings" / kind) for kind in (k.name for k in MODEL_KINDS)}
     if not dirs["dnabert-s"] or not dirs["esm2"]:
         raise InputError(f"{root} has no embeddings/dnabert-s and embeddings/esm2; embed it first")
     dna = open_embeddings(dirs["dnabert-s"])

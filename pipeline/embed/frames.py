@@ -373,6 +373,7 @@ def _plan(shard: Path, job: FrameJob, models: FrameModels, out_dir: Path, timing
             dtype_bytes=2 if cfgs[kind].precision in ("fp16", "bf16") else 4,
             free_bytes=None if free is None else free // 2,
             override=job.token_budget,
+            max_budget=models.encoders[kind].best_token_budget,
         )
     return _Plan(ids, arenas, part_rows, part_ids, todo, budgets, dirs, metadata)
 

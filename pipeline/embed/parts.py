@@ -32,6 +32,8 @@ from pipeline.core.errors import InputError, OutputIntegrityError
 FORMAT = "virnucpro.embeddings/1"
 METADATA_FILE = "metadata.json"
 RUN_RECORD_FILE = "run_record.json"
+#: The multi-GPU coordinator's folder of worker logs, beside the shard directories of an embedding root.
+WORKER_LOG_DIR = "logs"
 VECTOR_DTYPE = np.float32
 _PART_RE = re.compile(r"^part-(\d{5,})\.(npy|ids\.txt|done)$")
 #: Fields of metadata.json that must agree between parts of one set and across shards.
@@ -282,6 +284,13 @@ class EmbeddingSet:
     def lookup(self, ids: Iterable[str]) -> np.ndarray:
         """Vectors of the given ids: ``(k, D)`` float32, in the order asked."""
         return self.vectors.take([self.row_of(i) for i in ids])
+
+
+def shard_dirs(root: Path | str) -> list[Path]:
+    """The shard output directories of an embedding root (``embeddings/<kind>/``), sorted: every
+    subdirectory except the workers' log folder. A shard directory that is not a finished output is
+    kept, so that `open_embeddings` refuses it instead of the data being silently short."""
+    return sorted(p for p in Path(root).glob("*") if p.is_dir() and p.name != WORKER_LOG_DIR)
 
 
 def open_embeddings(

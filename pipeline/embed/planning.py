@@ -17,7 +17,8 @@ from pipeline.prepare.shard import length_sorted_order
 #: Default budget on CPU: big enough to amortise per-batch overhead, small enough for tests.
 CPU_TOKEN_BUDGET = 2048
 #: Bounds for the budget chosen on an accelerator. Beyond ~32K tokens a transformer layer's
-#: matmuls are already saturated, and a larger budget only quantises the shard tail worse.
+#: matmuls are mostly saturated, and a larger budget only quantises the shard tail worse; a model
+#: whose measured best is larger says so (``PackedEncoder.best_token_budget``, ESM-2 3B: 64K).
 MIN_DEVICE_BUDGET = 4096
 MAX_DEVICE_BUDGET = 32768
 
@@ -157,6 +158,7 @@ def choose_token_budget(
     dtype_bytes: int,
     free_bytes: int | None,
     override: int | None = None,
+    max_budget: int | None = None,
 ) -> int:
     """Pick the tokens per packed batch.
 
@@ -164,7 +166,8 @@ def choose_token_budget(
     default is `CPU_TOKEN_BUDGET`. On an accelerator: a quarter of the free memory divided by a
     per-token activation estimate (about 48 live values of width ``hidden_size`` per token in a
     transformer layer: residual, norms, q/k/v with fp32 rotary copies, the 4x MLP), rounded down
-    to a multiple of 256 and clamped to [`MIN_DEVICE_BUDGET`, `MAX_DEVICE_BUDGET`].
+    to a multiple of 256 and clamped to [`MIN_DEVICE_BUDGET`, ``max_budget``] (the model's measured
+    best, `MAX_DEVICE_BUDGET` when None).
     """
     if override is not None:
         if override < 16:
@@ -175,7 +178,7 @@ def choose_token_budget(
     per_token = 48 * hidden_size * max(dtype_bytes, 2)
     budget = (free_bytes // 4) // per_token
     budget = (budget // 256) * 256
-    return int(min(MAX_DEVICE_BUDGET, max(MIN_DEVICE_BUDGET, budget)))
+    return int(min(max_budget or MAX_DEVICE_BUDGET, max(MIN_DEVICE_BUDGET, budget)))
 
 
 __all__ = [

@@ -398,6 +398,7 @@ def _plan(
         dtype_bytes=2 if cfg.encoder.precision in ("fp16", "bf16") else 4,
         free_bytes=free,
         override=cfg.token_budget,
+        max_budget=encoder.best_token_budget,
     )
     local_plan = plan_batches(lengths[todo_rows], budget)  # looked up at call time (benchmark hooks)
     batches = [todo_rows[np.asarray(b, dtype=np.int64)] for b in local_plan]

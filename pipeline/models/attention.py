@@ -9,8 +9,10 @@ Backends, fastest first:
 
 - ``flash-attn``: ``flash_attn_varlen_func`` (only when the ``flash_attn`` package imports; CUDA).
   Supports ALiBi slopes natively.
-- ``torch-varlen``: ``torch.nn.attention.varlen.varlen_attn`` (CUDA, torch >= 2.10). No bias term,
-  so it is not offered for ALiBi models.
+- ``torch-varlen``: torch's own varlen kernels (CUDA, torch >= 2.10): ``varlen_attn`` (FA2), and for
+  batches of short sequences (longest <= `SHORT_SEQUENCE_TOKENS`) the memory-efficient (CUTLASS)
+  varlen kernel, whose 64-row tiles waste less than FA2's 128-row ones there. No bias term, so it is
+  not offered for ALiBi models.
 - ``flex``: FlexAttention with a document mask built from ``cu_seqlens`` and an ALiBi ``score_mod``
   (CUDA). The kernel is compiled once per process.
 - ``sdpa``: scatter to a padded ``(B, H, Lmax, Dh)`` batch, ``scaled_dot_product_attention`` with a
@@ -73,6 +75,12 @@ AUTO = "auto"
 
 
 _HALF_ONLY = ("flash-attn", "torch-varlen")  # flash kernels take fp16/bf16 only
+
+#: Longest sequence (tokens) of a batch up to which ``torch-varlen`` runs the memory-efficient kernel.
+#: Measured on an H200 with ESM-2 3B's heads (40 x 64) on 64K-token bf16 batches
+#: (benchmarks/gpu/attention_device.py): 30-60 aa 0.65 ms against FA2's 1.30; 120-166 aa 1.36 vs 1.41;
+#: 30-400 aa 1.88 vs 1.42. Reads of 150 bp give 50-residue frames (52 tokens).
+SHORT_SEQUENCE_TOKENS = 64
 
 
 def _unavailable_reason(
@@ -203,6 +211,8 @@ def varlen_attention(
             raise BackendUnavailableError(
                 "torch-varlen cannot apply ALiBi slopes; use flash-attn, flex or sdpa"
             )
+        if max_seqlen <= SHORT_SEQUENCE_TOKENS:
+            return efficient_varlen(q, k, v, cu_seqlens, max_seqlen, scale)
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     if backend == "flex":
         return flex_varlen(q, k, v, cu_seqlens, scale, alibi_slopes, compiled=True, block_mask=flex_mask)
@@ -233,6 +243,28 @@ def _flash(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
         causal=False,
         alibi_slopes=slopes,
     )
+
+
+def efficient_varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+) -> torch.Tensor:
+    """torch's memory-efficient (CUTLASS) attention over the packed batch, through its varlen entry
+    (the kernel SDPA uses, called with ``cu_seqlens``): ``(T, H, Dh)`` -> ``(T, H, Dh)``; CUDA."""
+    out = torch.ops.aten._efficient_attention_forward(
+        q[None],
+        k[None],
+        v[None],
+        None,
+        cu_seqlens,
+        cu_seqlens,
+        max_seqlen,
+        max_seqlen,
+        0.0,
+        0,
+        False,
+        scale=scale,
+    )
+    return out[0][0]
 
 
 def sdpa_varlen(
@@ -343,7 +375,9 @@ __all__ = [
     "HAS_FLEX",
     "HAS_TORCH_VARLEN",
     "KERNEL_BACKENDS",
+    "SHORT_SEQUENCE_TOKENS",
     "available_backends",
+    "efficient_varlen",
     "flex_block_mask",
     "flex_varlen",
     "resolve_backend",

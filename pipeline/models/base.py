@@ -67,6 +67,9 @@ class PackedEncoder(torch.nn.Module, abc.ABC):
     info: EncoderInfo
     backend: str
     tokenizer: Tokenizer
+    #: Largest packed batch (tokens) worth planning on an accelerator, when measured for this model;
+    #: None leaves the planner's default cap.
+    best_token_budget: int | None = None
 
     @abc.abstractmethod
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:

@@ -181,3 +181,17 @@ def test_train_cli_demo_models_end_to_end(tmp_path) -> None:
     )
     assert again.exit_code == 0, again.output
     assert not (tmp_path / "again" / "viral-0").exists()
+    # A run embedded by the multi-GPU coordinator has its workers' logs beside the shard directories:
+    # the run directory is still reusable, and a shard directory that is not an output is still refused.
+    from pipeline.classify.train import load_features
+    from pipeline.core.errors import OutputIntegrityError
+
+    run_dir = out / "viral-0"
+    frames_before = load_features(run_dir)[0].shape[0]
+    for kind in ("dnabert-s", "esm2"):
+        (run_dir / "embeddings" / kind / "logs").mkdir()
+        (run_dir / "embeddings" / kind / "logs" / "worker-0.log").write_text("log\n")
+    assert load_features(run_dir)[0].shape[0] == frames_before == summary["inputs"][0]["frames"]
+    (run_dir / "embeddings" / "esm2" / "shard-999").mkdir()
+    with pytest.raises(OutputIntegrityError, match="shard-999"):
+        load_features(run_dir)

@@ -110,6 +110,19 @@ def test_choose_token_budget() -> None:
         choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=100 * 2**30)
         == 32768
     )
+    # a model whose measured best is larger (ESM-2: 64K) may go past the default cap, memory allowing
+    assert (
+        choose_token_budget(
+            device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=100 * 2**30, max_budget=65536
+        )
+        == 65536
+    )
+    assert (
+        choose_token_budget(
+            device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=40 * 2**30, max_budget=65536
+        )
+        == 43520
+    )
     # 1 GiB free: floor of the device range
     assert choose_token_budget(device_type="cuda", hidden_size=2560, dtype_bytes=2, free_bytes=2**30) == 4096
     with pytest.raises(ConfigError):

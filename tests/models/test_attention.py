@@ -145,6 +145,24 @@ CUDA_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("longest", [attention.SHORT_SEQUENCE_TOKENS, attention.SHORT_SEQUENCE_TOKENS + 1])
+def test_torch_varlen_short_and_long_batches_agree_with_naive(longest, dtype):
+    """Both kernels behind torch-varlen: the memory-efficient one up to SHORT_SEQUENCE_TOKENS, FA2 above."""
+    try:
+        resolve_backend("torch-varlen", "cuda", dtype=dtype)
+    except BackendUnavailableError as e:
+        pytest.skip(str(e))
+    lengths = [1, 52, longest, 3, 40, 64, 17]
+    q, k, v, cu = (t.cuda() for t in packed(lengths, heads=4, dim=64))
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    want = naive(q.cpu().double(), k.cpu().double(), v.cpu().double(), lengths, 0.125)
+    out = varlen_attention(q, k, v, cu, max(lengths), backend="torch-varlen", scale=0.125)
+    tol = CUDA_TOLERANCE[dtype]
+    torch.testing.assert_close(out.double().cpu(), want.double(), atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", list(CUDA_TOLERANCE), ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("slopes", [None, SLOPES], ids=["no-bias", "alibi"])
 @pytest.mark.parametrize("backend", ["flash-attn", "torch-varlen", "flex", "flex-eager", "sdpa"])

@@ -220,3 +220,26 @@ def test_changing_one_sequence_leaves_the_others_unchanged(device, kind, backend
             f"other sequences changed when sequence {changed} did ({kind} {backend} {precision}): {m}"
         ),
     )
+
+
+# 150 bp reads give frames of 50 residues: batches whose longest sequence is at most
+# SHORT_SEQUENCE_TOKENS run torch-varlen's memory-efficient kernel instead of FA2.
+SHORT_PROTEIN_LENGTHS = (1, 7, 30, 48, 50, 62)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_esm2_short_batches_match_fp32_reference(precision, compiled, record_property):
+    from pipeline.models.attention import SHORT_SEQUENCE_TOKENS
+
+    assert max(SHORT_PROTEIN_LENGTHS) + 2 <= SHORT_SEQUENCE_TOKENS
+    seqs = sequences("esm2", SHORT_PROTEIN_LENGTHS, seed=3)
+    spec = GPU_MODELS["esm2"]
+    reference_model = load("esm2", spec, "cuda", precision="fp32")
+    model = load("esm2", spec, "cuda", precision=precision, attention="torch-varlen", compile=compiled)
+    with torch.inference_mode():
+        want = reference_model.embed_reference(seqs).cpu()
+        got = model.embed_packed(*pack(model, seqs, torch.device("cuda")))
+    model.check_finite(f"esm2 short batch {precision}")
+    check_close(got, want, precision, record_property, f"esm2 short batch {precision} vs fp32 reference")

@@ -51,6 +51,7 @@ from pipeline.core.errors import (
 from pipeline.embed.multigpu.executor import ProcessExecutor, StopSignals, log_tail
 from pipeline.embed.multigpu.scheduler import Outcome, Scheduler, Slot, Task, TaskStatus, make_slots
 from pipeline.embed.multigpu.worker import FATAL_ERRORS, EmbedWork, FrameWork, WorkerJob, WorkerResult
+from pipeline.embed.parts import WORKER_LOG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class _Coordinator:
         self.threads = threads
         self.progress = progress
         self.compile_cache_dir = compile_cache_dir
-        self.log_dir = out_root / "logs"
+        self.log_dir = out_root / WORKER_LOG_DIR
         self.progress_dir = self.log_dir / "progress"
         self.redistributed_dir = out_root / "redistributed"
         self.times = {s.index: _SlotTimes() for s in slots}
