@@ -6,8 +6,10 @@ batches. Each kernel's time per call (CUDA events, after a warm-up), its useful 
 (``4 * sum(L_i^2) * H * Dh``) and its largest difference to ``torch-varlen`` (FA2) and to an fp32
 softmax reference on a few sequences:
 - ``torch-varlen``: ``varlen_attn`` (FA2 tiles of 128 x 128 rows; the engine's default);
-- ``cudnn``: cuDNN's fused attention over ragged offsets (`pipeline.models.attention.cudnn_varlen`);
-- ``mem-efficient``: the CUTLASS kernel's varlen entry (``aten._efficient_attention_forward``);
+- ``cudnn``: cuDNN's fused attention over ragged offsets (``aten._cudnn_attention_forward`` with
+  ``cum_seq_q``, the kernel behind SDPA on nested tensors; measured 40x slower than FA2, not offered);
+- ``mem-efficient``: the CUTLASS kernel's varlen entry (`pipeline.models.attention.efficient_varlen`;
+  torch-varlen uses it for batches of short sequences);
 - ``flex``: FlexAttention with the document mask (`flex_block_mask`), compiled.
 
 Part B (engine): `PackedESM2` bf16, compiled, with each attention backend on the three mixes, its pooled
@@ -35,7 +37,7 @@ from benchmarks.gpu.common import save  # noqa: E402
 
 SCHEMA = "virnucpro.bench.attention/1"
 KERNELS = ("torch-varlen", "cudnn", "mem-efficient", "flex")
-ENGINE_BACKENDS = ("torch-varlen", "cudnn", "flex")
+ENGINE_BACKENDS = ("torch-varlen", "flex")
 
 
 def packed_lengths(lo: int, hi: int, budget: int, rng: np.random.Generator) -> list[int]:
