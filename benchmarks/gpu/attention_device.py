@@ -57,21 +57,17 @@ def kernel_fn(name: str, cu, max_seqlen: int, total: int):
     from pipeline.models import attention as A
 
     scale = 64**-0.5
-    if name == "torch-varlen":
-        return lambda q, k, v: A.varlen_attention(
-            q, k, v, cu, max_seqlen, backend="torch-varlen", scale=scale
-        )
+    if name == "torch-varlen":  # FA2 whatever the lengths (the backend itself picks by length)
+        return lambda q, k, v: A._torch_varlen()(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scale)
     if name == "cudnn":
-        return lambda q, k, v: A.cudnn_varlen(q, k, v, cu, max_seqlen, scale)
+
+        def cudnn(q, k, v):
+            op = torch.ops.aten._cudnn_attention_forward
+            return op(q, k, v, None, cu, cu, max_seqlen, max_seqlen, False, 0.0, False, False, scale=scale)[0]
+
+        return cudnn
     if name == "mem-efficient":
-
-        def eff(q, k, v):
-            out = torch.ops.aten._efficient_attention_forward(
-                q[None], k[None], v[None], None, cu, cu, max_seqlen, max_seqlen, 0.0, 0, False, scale=scale
-            )
-            return out[0][0]
-
-        return eff
+        return lambda q, k, v: A.efficient_varlen(q, k, v, cu, max_seqlen, scale)
     if name == "flex":
         mask = A.flex_block_mask(cu, total)
         return lambda q, k, v: A.flex_varlen(q, k, v, cu, scale, block_mask=mask)
