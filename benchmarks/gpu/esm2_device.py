@@ -23,9 +23,10 @@ Tokens/s counts real tokens (residues + BOS + EOS). Each path runs a warm-up pas
 Part C (ablation, bf16, 500 bp mix): the packed bf16 engine with one technique switched off at a
 time (eager instead of compiled, ``dynamic=True`` compilation, erf GELU instead of the matmul
 epilogue) and at other token budgets. (The v2 result JSON also has a row "residual add unfused": a
-deferred residual add fused with the next LayerNorm measured no gain and was dropped.) On every mix:
-FA2 instead of the memory-efficient kernel for short batches (`SHORT_SEQUENCE_TOKENS`; it changes
-only the short-read mix), and inductor's ``max-autotune-no-cudagraphs`` compile mode (bf16 and fp8).
+deferred residual add fused with the next LayerNorm measured no gain and was dropped.) On the short-read
+mix, bf16 and fp8: the memory-efficient kernel for short batches (`SHORT_SEQUENCE_TOKENS`) against
+FA2, back to back (``--short-kernel-only`` runs just that); with ``--autotune``, inductor's
+``max-autotune-no-cudagraphs`` compile mode.
 
 Goals on one H200 with ESM-2 3B: fp16 or bf16 >= 105K tokens/s on every mix and >= 2.5x vanilla on
 the wide mix; fp8 >= 140K tokens/s at the fidelity above.
@@ -410,45 +411,62 @@ def ablation(b: Bench, m, data: dict[str, Any], mix: str) -> None:
             variant(f"token budget {budget}", lambda: None, restore, budget=budget)
 
 
-def engine_options(b: Bench, m, mixes: dict[str, dict[str, Any]], name: str) -> None:
-    """``m`` (compiled) on every mix with the short-batch kernel off, then in max-autotune mode; the rows
-    to compare with are the same engine's plain rows of part B (same data, same process)."""
-    import torch
-
+def short_kernel_ab(b: Bench, m, mixes: dict[str, dict[str, Any]], name: str) -> None:
+    """``m`` on the short-read mix with the memory-efficient kernel for short batches (the default) and
+    with FA2 everywhere, one after the other in the same process."""
     from pipeline.models import attention
-    from pipeline.models.esm2.model import packed_layer
 
-    rows = b.result["ablation"]
-    if not m.compiled:
-        return
-    compiled_fn, short = m._layer_fn, attention.SHORT_SEQUENCE_TOKENS
-    short_mix = "short_reads_30-60aa"
+    short, mix = attention.SHORT_SEQUENCE_TOKENS, "short_reads_30-60aa"
 
-    def fa2_everywhere():
-        attention.SHORT_SEQUENCE_TOKENS = 0
+    def go():
+        b.result["ablation"].append(throughput(b, m, mix, mixes[mix], f"{name} short-batch kernel"))
+        attention.SHORT_SEQUENCE_TOKENS = 0  # a guarded global: the compiled layer recompiles once
         try:
-            rows.append(throughput(b, m, short_mix, mixes[short_mix], f"{name} FA2 for short batches"))
+            b.result["ablation"].append(throughput(b, m, mix, mixes[mix], f"{name} FA2 for short batches"))
         finally:
             attention.SHORT_SEQUENCE_TOKENS = short
         b.save()
 
-    if name == "packed-bf16":
-        guarded(b, f"{name} FA2 for short batches", fa2_everywhere, need=25)
+    guarded(b, f"{name} short-batch kernel A/B", go, need=30)
+
+
+def autotune_rows(b: Bench, m, mixes: dict[str, dict[str, Any]], name: str) -> None:
+    """``m`` compiled in inductor's ``max-autotune-no-cudagraphs`` mode (``--autotune``: its compile took
+    44 s in bf16 and 225 s in fp8 on an H200); bf16 on every mix, fp8 on the 500 bp mix."""
+    import torch
+
+    from pipeline.models.esm2.model import packed_layer
+
+    if not m.compiled:
+        return
+    compiled_fn = m._layer_fn
     m._layer_fn = torch.compile(
         packed_layer, mode="max-autotune-no-cudagraphs", backend=b.args.compile_backend
     )
     try:
         for mix, data in mixes.items():
             if name != "packed-bf16" and not mix.startswith("frames"):
-                continue  # fp8: the 500 bp mix only (time)
+                continue
 
             def go(mix=mix, data=data):
-                rows.append(throughput(b, m, mix, data, f"{name} max-autotune"))
+                b.result["ablation"].append(throughput(b, m, mix, data, f"{name} max-autotune"))
                 b.save()
 
             guarded(b, f"{name} max-autotune {mix}", go, need=90)
     finally:
         m._layer_fn = compiled_fn
+
+
+def short_kernel_only(b: Bench, mixes: dict[str, dict[str, Any]]) -> None:
+    """``--short-kernel-only``: the short-batch kernel A/B in bf16 and fp8, nothing else."""
+    from pipeline.models.esm2.model import FP8_TARGETS
+    from pipeline.models.fp8 import fp8_unavailable_reason
+
+    m = load(b, "bf16" if b.device.type == "cuda" else "fp32", compile_=True)
+    short_kernel_ab(b, m, mixes, "packed-bf16")
+    if fp8_unavailable_reason(b.device) is None:
+        m8 = load(b, "fp8", compile_=True, base=m, fp8_targets=FP8_TARGETS)
+        short_kernel_ab(b, m8, mixes, "packed-fp8")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -484,8 +502,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- data ----------------------------------------------------------------------------------
     n_cos = args.n_cos or b.sizes["n_cos"]
     cos_seqs = random_proteins(mixed_lengths(n_cos, b.rng, b.sizes["max_len"]), b.rng)
-    ref, cos_ids = reference(b, cos_seqs)
-    b.save()
     from pipeline.models.esm2 import ESM2Tokenizer
 
     tok = ESM2Tokenizer.default()
@@ -495,6 +511,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ids = [tok.encode(s) for s in seqs]
         lens = [t.size for t in ids]
         mixes[mix] = {"ids": ids, "lens": lens, "tokens": int(sum(lens))}
+    if args.short_kernel_only:
+        short_kernel_only(b, mixes)
+        b.result["goals"] = {}
+        b.save()
+        return b.result
+    ref, cos_ids = reference(b, cos_seqs)
+    b.save()
 
     # ---- per precision: fidelity, throughput (and vanilla / ablation on the way) -----------------
     precisions = ["fp32"] if args.smoke and not args.all_precisions else ["fp16", "bf16"]
@@ -528,7 +551,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp8_rows(b, m, fp8_phases[0], mixes, cos_ids, ref)
         if precision in ("bf16", "fp32") and not args.no_ablation:
             ablation(b, m, mixes["frames_500bp_120-166aa"], "frames_500bp_120-166aa")
-            engine_options(b, m, mixes, "packed-bf16")
+            short_kernel_ab(b, m, mixes, "packed-bf16")
+            if args.autotune:
+                autotune_rows(b, m, mixes, "packed-bf16")
         if fp8_phases:
             fp8_rows(b, m, fp8_phases[1], mixes, cos_ids, ref)
         del m
@@ -571,7 +596,9 @@ def fp8_rows(b: Bench, base, variants, mixes: dict[str, dict[str, Any]], cos_ids
                 b.result["throughput"].append(row)
             b.save()
         if name == "fp8" and not b.args.no_ablation:
-            engine_options(b, m8, mixes, "packed-fp8")
+            short_kernel_ab(b, m8, mixes, "packed-fp8")
+            if b.args.autotune:
+                autotune_rows(b, m8, mixes, "packed-fp8")
         del m8
         b.free()
 
@@ -646,6 +673,12 @@ def main(argv: list[str] | None = None) -> int:
         "--all-precisions", action="store_true", help="--smoke: fp16 and bf16 too (slow on CPU)"
     )
     parser.add_argument("--no-ablation", action="store_true", help="skip part C")
+    parser.add_argument(
+        "--autotune", action="store_true", help="part C: max-autotune rows too (minutes of compiling)"
+    )
+    parser.add_argument(
+        "--short-kernel-only", action="store_true", help="only the short-batch kernel A/B (bf16, fp8)"
+    )
     parser.add_argument(
         "--max-seconds", type=float, default=1e9, help="skip the remaining steps after this many seconds"
     )
