@@ -212,6 +212,34 @@ def test_demo_on_one_gpu_matches_the_gpu_fp32_run(tmp_path) -> None:
             assert got[frame][0] == label, (frame, got[frame], score)
 
 
+@pytest.mark.gpu
+def test_fp8_on_one_gpu_matches_the_gpu_fp32_run(tmp_path) -> None:
+    """``--precision fp8`` through predict: ESM-2's MLP in FP8, DNABERT-S in bf16, scores near fp32's."""
+    from pipeline.models.fp8 import fp8_unavailable_reason
+
+    reason = fp8_unavailable_reason("cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    records = {f"r{i}": _coding_dna(100 + 40 * i, seed=i) for i in range(6)}
+    fa = _fasta(tmp_path / "in.fa", records)
+    fp8, fp32 = tmp_path / "fp8", tmp_path / "fp32"
+    result = _invoke(["predict", str(fa), "-o", str(fp8), "--demo", "--gpus", "0", "--precision", "fp8"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((fp8 / "run_record.json").read_text())
+    assert record["config"]["esm"]["precision"] == "fp8"
+    assert record["config"]["dnabert"]["precision"] == "bf16"
+    assert (
+        _invoke(
+            ["predict", str(fa), "-o", str(fp32), "--demo", "--gpus", "0", "--precision", "fp32"]
+        ).exit_code
+        == 0
+    )
+    got, want = _scores(fp8), _scores(fp32)
+    assert list(got) == list(want) and len(want) == record["counts"]["frames"]
+    for frame, (_, score) in want.items():  # fp8 embeddings: cosine >= 0.995 (docs/esm2.md)
+        assert abs(got[frame][1] - score) <= 0.05, (frame, got[frame], score)
+
+
 def test_preflight_refuses_before_writing_anything(tmp_path) -> None:
     """Missing GPUs, unavailable attention backends and fp8 without FP8 hardware (here: the CPU) fail
     before prepare writes a file."""
