@@ -396,6 +396,9 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
             "n_chunks": len({i[:-2] for i in frames.ids}),
             **stats,
         }
+        # counts beside the fractions: with 855 chunks, 0.999 allows no flip at all
+        row["label_flips"] = round((1.0 - frame_agree) * len(frames.ids))
+        row["chunk_label_flips"] = round((1.0 - chunk_agree) * row["n_chunks"])
         # how much the agreement can say: a boundary that calls almost every frame one way, or that no
         # frame comes near, agrees whatever the embeddings do
         base_virus = base_probs[:, 1]
@@ -553,8 +556,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['rel_l2_max']:.2e}",
             f"{r['max_abs']:.2e}",
             *(
-                f"{r[k]:.4f}" + ("" if r.get("label_enforced", True) else "*")
-                for k in ("label_agreement", "chunk_label_agreement")
+                f"{r[k]:.4f}"
+                + (f" ({r[flips]})" if r.get(flips) else "")
+                + ("" if r.get("label_enforced", True) else "*")
+                for k, flips in (
+                    ("label_agreement", "label_flips"),
+                    ("chunk_label_agreement", "chunk_label_flips"),
+                )
             ),
             "PASS" if r["passed"] else "FAIL",
         )

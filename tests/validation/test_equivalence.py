@@ -11,6 +11,7 @@ from validation.equivalence import (
     EquivalenceConfig,
     Thresholds,
     enforce,
+    format_table,
     label_agreement,
     passes,
     synthetic_frames,
@@ -63,6 +64,28 @@ def test_passes_and_enforce():
     enforce([row | {"passed": True}], Thresholds())
     with pytest.raises(ThresholdFailed, match="1 of 1"):
         enforce([row | {"passed": False}], Thresholds())
+
+
+def test_table_shows_how_many_labels_flipped():
+    row = {
+        "model": "random:esm2_t36_3B_UR50D",
+        "comparison": "precision",
+        "precision": "fp8",
+        "backend": "torch-varlen",
+        "n": 2048,
+        "cos_min": 0.9996,
+        "cos_p001": 0.9996,
+        "cos_mean": 0.9997,
+        "rel_l2_max": 0.03,
+        "max_abs": 0.1,
+        "label_agreement": 1.0,
+        "chunk_label_agreement": 852 / 855,
+        "label_flips": 0,
+        "chunk_label_flips": 3,
+        "passed": False,
+    }
+    line = format_table([row]).splitlines()[1]
+    assert "1.0000  " in line and "0.9965 (3)" in line and "(0)" not in line
 
 
 def test_synthetic_frames_are_real_prepare_frames():
