@@ -79,7 +79,8 @@ _HALF_ONLY = ("flash-attn", "torch-varlen")  # flash kernels take fp16/bf16 only
 #: Longest sequence (tokens) of a batch up to which ``torch-varlen`` runs the memory-efficient kernel.
 #: Measured on an H200 with ESM-2 3B's heads (40 x 64) on 64K-token bf16 batches
 #: (benchmarks/gpu/attention_device.py): 30-60 aa 0.65 ms against FA2's 1.30; 120-166 aa 1.36 vs 1.41;
-#: 30-400 aa 1.88 vs 1.42. Reads of 150 bp give 50-residue frames (52 tokens).
+#: 30-400 aa 1.88 vs 1.42. Reads of 150 bp give 50-residue frames (52 tokens). In the ESM-2 3B engine on
+#: 30-60 aa: bf16 103,982 vs 101,426 tokens/s with FA2, fp8 123,490 vs 119,529 (docs/esm2.md).
 SHORT_SEQUENCE_TOKENS = 64
 
 
