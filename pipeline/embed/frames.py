@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +35,7 @@ import numpy as np
 from pipeline.core.config import MODEL_KINDS, EncoderConfig
 from pipeline.core.errors import ConfigError, InputError, Interrupted, NumericalError
 from pipeline.embed.loader import TokenArena, collate_packed, input_fingerprint, read_shard, tokenize_shard
-from pipeline.embed.parts import FORMAT, write_metadata, write_part
+from pipeline.embed.parts import FORMAT, BackgroundWriter, write_metadata, write_part
 from pipeline.embed.planning import choose_token_budget, length_sorted_order, plan_batches
 from pipeline.embed.progress import ProgressFile, TaskProgress
 from pipeline.embed.resume import check_output_dir, sweep_valid_parts
@@ -48,8 +47,6 @@ ORDER = "esm2-token-length-desc-stable"
 SCORES_KIND = "scores"
 #: Parts issued to the device before the host waits for the oldest one.
 PARTS_AHEAD = 1
-#: Part writes queued behind the writer thread before the loop waits.
-MAX_PENDING_WRITES = 2
 #: (kind, shard column) from the model-kind registry, in feature order (DNABERT-S first).
 MODEL_COLUMNS: tuple[tuple[str, str], ...] = tuple((k.name, k.column) for k in MODEL_KINDS)
 
@@ -467,16 +464,13 @@ class _PartIssuer:
         return _PartInFlight(p, rows, tokens, out, embeddings, ready)
 
 
-class PartWriter:
-    """Checks a finished part and writes it (scores and kept embeddings) on one writer thread."""
+class PartWriter(BackgroundWriter):
+    """Checks a finished part and writes it (scores and kept embeddings) on the writer thread."""
 
     def __init__(self, plan: _Plan, shard_name: str) -> None:
+        super().__init__()
         self.plan = plan
         self.shard_name = shard_name
-        self.pool = ThreadPoolExecutor(1, "part-writer")
-        self.pending: deque[Future] = deque()
-        self.written: list[int] = []
-        self.seconds = 0.0
 
     def submit(self, part: _PartInFlight) -> None:
         if part.ready is not None:
@@ -490,28 +484,16 @@ class PartWriter:
                 f"part {part.index} of {self.shard_name}: {bad.size} frame(s) got NaN/Inf "
                 f"embeddings or scores, e.g. {names}; rerun with --precision bf16 or fp32"
             )
-        while len(self.pending) >= MAX_PENDING_WRITES:
-            self.pending.popleft().result()
         scores = np.ascontiguousarray(out[:, :2])
         vectors = {kind: t.numpy() for kind, t in part.embeddings.items()}
-        self.pending.append(self.pool.submit(self._write, part.index, scores, vectors))
-        self.written.append(part.index)
+        self.enqueue(part.index, self._write, part.index, scores, vectors)
 
     def _write(self, p: int, scores: np.ndarray, vectors: dict[str, np.ndarray]) -> None:
-        t0 = time.perf_counter()
         ids = self.plan.part_ids[p]
         fingerprints = {name: meta["fingerprint"] for name, meta in self.plan.metadata.items()}
         for kind, array in vectors.items():  # embeddings first: the scores marker vouches for a whole part
             write_part(self.plan.dirs[kind], p, ids, array, fingerprints[kind])
         write_part(self.plan.dirs[SCORES_KIND], p, ids, scores, fingerprints[SCORES_KIND])
-        self.seconds += time.perf_counter() - t0
-
-    def drain(self) -> None:
-        while self.pending:
-            self.pending.popleft().result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
 
 
 class _Counter:

@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ from pipeline.core.errors import InputError, OutputIntegrityError
 FORMAT = "virnucpro.embeddings/1"
 METADATA_FILE = "metadata.json"
 RUN_RECORD_FILE = "run_record.json"
+#: Part writes allowed to queue behind a shard's writer thread before the embedding loop waits.
+MAX_PENDING_WRITES = 2
 #: The multi-GPU coordinator's folder of worker logs, beside the shard directories of an embedding root.
 WORKER_LOG_DIR = "logs"
 VECTOR_DTYPE = np.float32
@@ -286,6 +291,37 @@ class EmbeddingSet:
         return self.vectors.take([self.row_of(i) for i in ids])
 
 
+class BackgroundWriter:
+    """One writer thread per shard: the device loop hands a finished part over and goes on, with at
+    most `MAX_PENDING_WRITES` writes queued (beyond that `enqueue` waits for the oldest; a write's
+    exception surfaces there or in `drain`). ``written`` lists the parts handed over, ``seconds``
+    the time spent writing."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, "part-writer")
+        self.pending: deque[Future] = deque()
+        self.written: list[int] = []
+        self.seconds = 0.0
+
+    def enqueue(self, index: int, write: Callable[..., None], *args: Any) -> None:
+        while len(self.pending) >= MAX_PENDING_WRITES:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._timed, write, *args))
+        self.written.append(index)
+
+    def _timed(self, write: Callable[..., None], *args: Any) -> None:
+        t0 = time.perf_counter()
+        write(*args)
+        self.seconds += time.perf_counter() - t0
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 def shard_dirs(root: Path | str) -> list[Path]:
     """The shard output directories of an embedding root (``embeddings/<kind>/``), sorted: every
     subdirectory except the workers' log folder. A shard directory that is not a finished output is
@@ -355,6 +391,9 @@ def open_embeddings(
 
 __all__ = [
     "FORMAT",
+    "MAX_PENDING_WRITES",
+    "WORKER_LOG_DIR",
+    "BackgroundWriter",
     "EmbeddingSet",
     "PartFiles",
     "RowStack",
@@ -362,6 +401,7 @@ __all__ = [
     "open_embeddings",
     "part_indices",
     "read_metadata",
+    "shard_dirs",
     "write_metadata",
     "write_part",
 ]

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from pipeline.embed.loader import (
     read_shard,
     tokenize_shard,
 )
-from pipeline.embed.parts import FORMAT, RUN_RECORD_FILE, write_metadata, write_part
+from pipeline.embed.parts import FORMAT, RUN_RECORD_FILE, BackgroundWriter, write_metadata, write_part
 from pipeline.embed.planning import choose_token_budget, length_sorted_order, packing_efficiency, plan_batches
 from pipeline.embed.resume import check_output_dir, sweep_valid_parts
 from pipeline.embed.timeline import busy_fraction
@@ -46,8 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Batches queued on the device before the host waits for the oldest one's output copy.
 MAX_INFLIGHT = 4
-#: Part writes allowed to queue behind the writer thread before the loop waits.
-MAX_PENDING_WRITES = 2
 _ROW_ORDER = "token-length-desc-stable"
 
 
@@ -422,19 +419,13 @@ def _plan(
     )  # fmt: skip
 
 
-class _PartWriter:
-    """Checks each completed part for NaN/Inf and writes it atomically on one writer thread.
-
-    At most `MAX_PENDING_WRITES` writes queue behind the thread; `drain` waits for all of them.
-    """
+class _PartWriter(BackgroundWriter):
+    """Checks each completed part for NaN/Inf and writes it atomically on the writer thread."""
 
     def __init__(self, plan: _ShardPlan) -> None:
+        super().__init__()
         self.plan = plan
         self.device_check = getattr(plan.encoder, "check_finite", None)
-        self.pool = ThreadPoolExecutor(1, "part-writer")
-        self.pending: deque[Future] = deque()
-        self.written: list[int] = []
-        self.seconds = 0.0
 
     def submit(self, p: int, vectors: np.ndarray) -> None:
         plan = self.plan
@@ -449,22 +440,7 @@ class _PartWriter:
             # the encoder's device-side flag (one sync per part); it also covers batches queued after
             # this part's last one, so the host check above is the one that names rows precisely
             self.device_check(f"{plan.shard_path.name} part {p} (or a batch queued with it)")
-        while len(self.pending) >= MAX_PENDING_WRITES:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(self._write, p, vectors))
-        self.written.append(p)
-
-    def _write(self, p: int, vectors: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        write_part(self.plan.out_dir, p, self.plan.part_ids[p], vectors, self.plan.fingerprint)
-        self.seconds += time.perf_counter() - t0
-
-    def drain(self) -> None:
-        while self.pending:
-            self.pending.popleft().result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.enqueue(p, write_part, plan.out_dir, p, plan.part_ids[p], vectors, plan.fingerprint)
 
 
 class _Progress:

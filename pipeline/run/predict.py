@@ -361,17 +361,7 @@ def prepare_and_shard(cfg: PredictConfig, settings: Settings, *, outputs: tuple[
     atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
     run.prepare_stats = stats
-    run.stages.append(
-        stage_row(
-            "prepare",
-            time.perf_counter() - t0,
-            sequences=stats.get("records"),
-            chunks=stats.get("chunks"),
-            frames=stats.get("frames"),
-            bases=stats.get("bases"),
-            device="cpu",
-        )
-    )
+    run.stages.append(prepare_stage_row(stats, time.perf_counter() - t0))
     run.frames = len(frame_ids(out))
     if run.frames == 0:
         log.warning(
@@ -400,6 +390,19 @@ def frame_job(cfg: PredictConfig, settings: Settings, device: str) -> Any:
         resume=cfg.resume,
         keep_embeddings=cfg.keep_embeddings,
         embeddings_root=Path(cfg.output_dir) / "embeddings",
+    )
+
+
+def prepare_stage_row(stats: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """The ``prepare`` row of the run record from the stage's stats (``PrepareStats`` as a dict)."""
+    return stage_row(
+        "prepare",
+        seconds,
+        sequences=stats.get("records"),
+        chunks=stats.get("chunks"),
+        frames=stats.get("frames"),
+        bases=stats.get("bases"),
+        device="cpu",
     )
 
 
@@ -719,6 +722,7 @@ __all__ = [
     "frame_job",
     "make_predict_config",
     "prepare_and_shard",
+    "prepare_stage_row",
     "run_predict",
     "score_run",
     "shard_stage_rows",

@@ -36,7 +36,7 @@ from pipeline.core.config import (
 from pipeline.core.errors import ConfigError, RunInProgressError
 from pipeline.core.paths import path_inside, read_json_state
 from pipeline.core.run_record import stage_row
-from pipeline.run.predict import encoder_embed_config, make_predict_config
+from pipeline.run.predict import encoder_embed_config, make_predict_config, prepare_stage_row
 
 # (kind, shard column) from the model-kind registry, in feature order (DNABERT-S first).
 EMBED_KINDS: tuple[tuple[str, str], ...] = tuple((k.name, k.column) for k in MODEL_KINDS)
@@ -270,21 +270,7 @@ def prepare_step(params: Mapping[str, Any], output_dir: str | Path, run_id: str 
     start = time.perf_counter()
     prepared = prepare(cfg.input_path, layout.root, cfg.chunk_size)
     stats = asdict(prepared.stats) if prepared.stats is not None else {}
-    _write_stages(
-        layout,
-        "prepare",
-        [
-            stage_row(
-                "prepare",
-                time.perf_counter() - start,
-                sequences=stats.get("records"),
-                chunks=stats.get("chunks"),
-                frames=stats.get("frames"),
-                bases=stats.get("bases"),
-                device="cpu",
-            )
-        ],
-    )
+    _write_stages(layout, "prepare", [prepare_stage_row(stats, time.perf_counter() - start)])
     return str(layout.root)
 
 

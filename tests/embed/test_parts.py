@@ -129,3 +129,22 @@ def test_write_part_rejects_bad_rows(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="line break"):
         write_part(tmp_path, 0, ["a\nb"], np.zeros((1, 2), np.float32), "fp")
     assert not list(tmp_path.iterdir())
+
+
+def test_background_writer_writes_in_order_and_surfaces_a_failed_write():
+    from pipeline.embed.parts import MAX_PENDING_WRITES, BackgroundWriter
+
+    done: list[int] = []
+    writer = BackgroundWriter()
+    for p in range(MAX_PENDING_WRITES + 3):  # more than may queue: enqueue waits for the oldest
+        writer.enqueue(p, done.append, p)
+    writer.drain()
+    assert done == list(range(MAX_PENDING_WRITES + 3)) == writer.written
+
+    def disk_full(p: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer.enqueue(99, disk_full, 99)
+    with pytest.raises(OSError, match="No space left"):
+        writer.drain()
+    writer.close()
