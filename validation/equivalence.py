@@ -223,6 +223,16 @@ def label_agreement(
     return frame, chunk
 
 
+def flip_max_margin(candidate_probs: np.ndarray, baseline_probs: np.ndarray) -> float:
+    """How far from the decision boundary the baseline put the farthest frame whose call flipped:
+    ``max |P_baseline(virus) - 0.5|`` over flipped frames, 0.0 when none flipped. A small value means
+    every flip was a frame the baseline itself could barely call."""
+    flipped = frame_labels(candidate_probs) != frame_labels(baseline_probs)
+    if not flipped.any():
+        return 0.0
+    return float(np.max(np.abs(baseline_probs[flipped, 1] - 0.5)))
+
+
 def passes(row: dict[str, Any], t: Thresholds, *, enforce_labels: bool = True) -> bool:
     """Whether ``row`` meets ``t``. ``enforce_labels=False`` (a random classifier) leaves label
     agreement out: a random decision boundary cuts through the data, so frames lying on it flip
@@ -382,7 +392,8 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         base = np.concatenate([base_parts[k] for k in swapped], axis=1)
         metrics = cosine_stats(cand, base)
         base_probs = ref_probs if all(base_parts[k] is reference[k] for k in _KINDS) else probs(base_parts)
-        frame_agree, chunk_agree = label_agreement(frames.ids, probs(cand_parts), base_probs)
+        cand_probs = probs(cand_parts)
+        frame_agree, chunk_agree = label_agreement(frames.ids, cand_probs, base_probs)
         row: dict[str, Any] = {
             "comparison": comparison,
             "model": model,
@@ -404,6 +415,7 @@ def run_equivalence(config: EquivalenceConfig) -> list[dict[str, Any]]:
         base_virus = base_probs[:, 1]
         row["baseline_viral_fraction"] = float(np.mean(frame_labels(base_probs)))
         row["baseline_near_boundary_fraction"] = float(np.mean(np.abs(base_virus - 0.5) < 0.1))
+        row["flip_max_margin"] = flip_max_margin(cand_probs, base_probs)
         row["label_enforced"] = enforce_labels
         thresholds = config.fp8_thresholds if precision == "fp8" else config.thresholds
         row["passed"] = passes(row, thresholds, enforce_labels=enforce_labels)

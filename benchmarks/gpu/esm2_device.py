@@ -28,6 +28,9 @@ mix, bf16 and fp8: the memory-efficient kernel for short batches (`SHORT_SEQUENC
 FA2, back to back (``--short-kernel-only`` runs just that); with ``--autotune``, inductor's
 ``max-autotune-no-cudagraphs`` compile mode.
 
+``--fp8-variants-only``: part A's reference, then fidelity and throughput of fp8 with fc1+fc2 (the
+default), fc1 alone and fc2 alone in FP8, nothing else.
+
 Goals on one H200 with ESM-2 3B: fp16 or bf16 >= 105K tokens/s on every mix and >= 2.5x vanilla on
 the wide mix; fp8 >= 140K tokens/s at the fidelity above.
 
@@ -57,6 +60,8 @@ AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 ALL_LINEAR = ("qkv", "out", "fc1", "fc2")
 #: fp8 rows: the engine's default selection (None = `FP8_TARGETS`) and two others, for the decision
 FP8_VARIANTS = (("fp8", None), ("fp8-all-linear", ALL_LINEAR), ("fp8-mlp+out", ("out", "fc1", "fc2")))
+#: ``--fp8-variants-only``: the default against each MLP layer alone in FP8 (fidelity against speed)
+FP8_MLP_VARIANTS = (("fp8", None), ("fp8-fc1", ("fc1",)), ("fp8-fc2", ("fc2",)))
 
 GPU = {
     "model": "random:esm2_t36_3B_UR50D",
@@ -79,8 +84,9 @@ SMOKE = {
     "max_len": 120,
 }
 MIXES = {"short_reads_30-60aa": (30, 60), "frames_500bp_120-166aa": (120, 166), "wide_30-400aa": (30, 400)}
-GOAL_COS_MIN = {"fp16": 0.9999, "bf16": 0.999, "fp8": 0.995, "fp8-all-linear": 0.995, "fp8-mlp+out": 0.995}
-GOAL_COS_MEAN = {"fp8": 0.999, "fp8-all-linear": 0.999, "fp8-mlp+out": 0.999}
+FP8_NAMES = ("fp8", "fp8-all-linear", "fp8-mlp+out", "fp8-fc1", "fp8-fc2")
+GOAL_COS_MIN = {"fp16": 0.9999, "bf16": 0.999} | dict.fromkeys(FP8_NAMES, 0.995)
+GOAL_COS_MEAN = dict.fromkeys(FP8_NAMES, 0.999)
 
 
 def random_proteins(lengths: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -469,6 +475,18 @@ def short_kernel_only(b: Bench, mixes: dict[str, dict[str, Any]]) -> None:
         short_kernel_ab(b, m8, mixes, "packed-fp8")
 
 
+def fp8_variants_only(b: Bench, mixes: dict[str, dict[str, Any]], cos_ids, ref) -> None:
+    """``--fp8-variants-only``: which MLP layers pay their fidelity cost in FP8 (`FP8_MLP_VARIANTS`)."""
+    from pipeline.models.fp8 import fp8_unavailable_reason
+
+    reason = fp8_unavailable_reason(b.device)
+    if reason is not None:
+        b.result["skipped"].append(f"fp8: {reason}")
+        return
+    base = load(b, "bf16", compile_=True)
+    fp8_rows(b, base, FP8_MLP_VARIANTS, mixes, cos_ids, ref)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -518,6 +536,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return b.result
     ref, cos_ids = reference(b, cos_seqs)
     b.save()
+    if args.fp8_variants_only:
+        fp8_variants_only(b, mixes, cos_ids, ref)
+        b.result["goals"] = goals(b.result)
+        b.save()
+        return b.result
 
     # ---- per precision: fidelity, throughput (and vanilla / ablation on the way) -----------------
     precisions = ["fp32"] if args.smoke and not args.all_precisions else ["fp16", "bf16"]
@@ -678,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--short-kernel-only", action="store_true", help="only the short-batch kernel A/B (bf16, fp8)"
+    )
+    parser.add_argument(
+        "--fp8-variants-only",
+        action="store_true",
+        help="only the fidelity and throughput of fp8 with fc1+fc2, fc1 alone and fc2 alone in FP8",
     )
     parser.add_argument(
         "--max-seconds", type=float, default=1e9, help="skip the remaining steps after this many seconds"

@@ -116,6 +116,9 @@ def test_defaults_pass_on_cpu_with_random_classifier_labels_informational(tmp_pa
     doc = json.loads(out.read_text())
     assert doc["passed"] is True and doc["results"]
     assert all(r["label_enforced"] is False for r in doc["results"])
+    for row in doc["results"]:  # a flip's margin exists exactly when a frame flipped
+        assert (row["flip_max_margin"] > 0) == (row["label_flips"] > 0), row
+        assert 0.0 <= row["flip_max_margin"] < 0.5
 
 
 def test_a_classifier_file_makes_label_agreement_enforced(tmp_path):

@@ -11,6 +11,7 @@ from validation.equivalence import (
     EquivalenceConfig,
     Thresholds,
     enforce,
+    flip_max_margin,
     format_table,
     label_agreement,
     passes,
@@ -28,6 +29,17 @@ def test_label_agreement_frames_and_chunks():
     cand[1] = [0.4, 0.95]
     frame, chunk = label_agreement(ids, cand, base)
     assert frame == pytest.approx(0.75) and chunk == pytest.approx(0.5)
+
+
+def test_flip_max_margin_is_the_baselines_margin_of_the_farthest_flip():
+    base = np.array([[0.9, 0.1], [0.52, 0.48], [0.3, 0.7], [0.45, 0.55]])
+    assert flip_max_margin(base, base) == 0.0
+    near = base.copy()
+    near[1], near[3] = [0.49, 0.51], [0.56, 0.44]  # the two frames within 0.05 of the boundary flip
+    assert flip_max_margin(near, base) == pytest.approx(0.05)
+    far = near.copy()
+    far[0] = [0.2, 0.8]  # a frame the baseline called with P(virus) = 0.1 flips too
+    assert flip_max_margin(far, base) == pytest.approx(0.4)
 
 
 def test_thresholds_validated():
@@ -122,3 +134,35 @@ def test_fp8_rows_have_their_own_thresholds():
     assert EquivalenceConfig(precisions=("bf16", "fp8")).fp8_thresholds == FP8_THRESHOLDS
     with pytest.raises(ConfigError, match="min_mean_cosine"):
         Thresholds(min_mean_cosine=1.5)
+
+
+@pytest.mark.gpu
+def test_nightly_equivalence_step_on_a_gpu_has_fp8_rows(tmp_path, monkeypatch):
+    """The nightly DAG's equivalence task on a GPU with FP8 tensor cores: fp16, bf16 and fp8 rows for
+    ESM-2, the fp8 rows judged by the fp8 thresholds, and the document written for the report."""
+    import json
+    from pathlib import Path
+
+    from pipeline.models.fp8 import fp8_unavailable_reason
+    from validation.equivalence import FP8_THRESHOLDS
+    from validation.steps import equivalence_step
+
+    reason = fp8_unavailable_reason("cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setenv("VIRNUCPRO_INPUT_ROOT", str(tmp_path))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">r\n" + "ATGGCTAAAGGTCTGTTCGAACGT" * 10 + "\n")
+    params = {"input_path": str(fasta), "demo": True, "gpu_slots": 1, "validation_sequences": 64}
+    doc = json.loads(Path(equivalence_step(params, tmp_path / "run", run_id="gpu-fp8")).read_text())
+    esm_rows = [r for r in doc["results"] if r["kind"] == "esm2" and r["comparison"] != "packing"]
+    assert {r["precision"] for r in esm_rows} == {"fp16", "bf16", "fp8"}
+    assert doc["thresholds"]["fp8"]["min_mean_cosine"] == FP8_THRESHOLDS.min_mean_cosine
+    for row in esm_rows:
+        assert row["n"] == 64 and row["passed"], row
+        if row["precision"] == "fp8":
+            assert (
+                row["cos_mean"] >= FP8_THRESHOLDS.min_mean_cosine
+                and row["cos_min"] >= FP8_THRESHOLDS.min_cosine
+            )
+    assert doc["passed"] and doc["run_id"] == "gpu-fp8"
