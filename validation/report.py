@@ -109,8 +109,15 @@ def _section_equivalence(store) -> dict[str, Any]:
     run_id = _latest_run_with(store, "equivalence_results")
     if run_id is None:
         return {"run_id": None, "rows": [], "img": None, "passed": None, "thresholds": {}}
+    # flip counts, the farthest flip's margin and whether labels were enforced live in ``extra`` (JSON):
+    # NULL for documents written before validate recorded them
     rows = store.query(
-        "SELECT * FROM equivalence_results WHERE run_id = ? ORDER BY model, comparison, precision, backend",
+        """SELECT *,
+               TRY_CAST(json_extract(extra, '$.label_flips') AS BIGINT) AS label_flips,
+               TRY_CAST(json_extract(extra, '$.chunk_label_flips') AS BIGINT) AS chunk_label_flips,
+               TRY_CAST(json_extract(extra, '$.flip_max_margin') AS DOUBLE) AS flip_max_margin,
+               TRY_CAST(json_extract(extra, '$.label_enforced') AS BOOLEAN) AS label_enforced
+           FROM equivalence_results WHERE run_id = ? ORDER BY model, comparison, precision, backend""",
         [run_id],
     )
     config = store.query("SELECT config FROM runs WHERE run_id = ?", [run_id])["config"].iloc[0]

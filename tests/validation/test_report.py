@@ -276,3 +276,33 @@ def test_one_earlier_run_cannot_make_a_regression(tmp_path):
     assert not one["noise_known"] and not one["regressed"]
     two = esm([(1, 72000.0), (2, 72000.0), (3, 50400.0)])
     assert two["noise_known"] and two["regressed"]
+
+
+def test_equivalence_table_shows_flips_their_margin_and_unenforced_labels(tmp_path):
+    doc = samples.validate_doc(21)
+    fp8, bf16 = doc["results"][0], doc["results"][1]
+    fp8.update(
+        precision="fp8",
+        label_agreement=0.9938,
+        label_flips=38,
+        chunk_label_agreement=0.9929,
+        chunk_label_flips=18,
+        flip_max_margin=0.0405,
+        label_enforced=True,
+        passed=False,
+    )
+    bf16.update(label_agreement=0.9995, label_flips=1, label_enforced=False)
+    doc["passed"] = False
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(doc))
+    MetricsStore(tmp_path / "m.duckdb").ingest_file(path)
+    html = render_report(tmp_path / "m.duckdb", tmp_path / "r.html").read_text()
+    table = html.split('id="equivalence"')[1].split("<h3")[0]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, flags=re.S)
+    fp8_row = next(r for r in rows if "<td>fp8</td>" in r)
+    assert "0.9938 (38)</td>" in fp8_row and "0.9929 (18)</td>" in fp8_row and ">0.0405</td>" in fp8_row
+    bf16_row = next(r for r in rows if "<td>bf16</td>" in r and "esm2" in r)
+    assert "0.9995 (1)*</td>" in bf16_row and "not enforced" in table
+    # rows of documents without these fields (the sample's fp16 rows) show no count and no margin
+    fp16_row = next(r for r in rows if "<td>fp16</td>" in r)
+    assert "(" not in fp16_row and "*" not in fp16_row and ">–</td>" in fp16_row
