@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,18 @@ def _latest_run_with(store, table: str, kind: str | None = None) -> str | None:
     return None if df.empty else str(df["run_id"].iloc[0])
 
 
+def _set_thresholds(thresholds: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The thresholds a validate run checked, nested ones (the fp8 rows') flattened to ``fp8.min_cosine``;
+    unset ones (None) are left out, as they were not checked."""
+    out: dict[str, Any] = {}
+    for key, value in thresholds.items():
+        if isinstance(value, Mapping):
+            out.update(_set_thresholds(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _section_equivalence(store) -> dict[str, Any]:
     run_id = _latest_run_with(store, "equivalence_results")
     if run_id is None:
@@ -122,7 +135,7 @@ def _section_equivalence(store) -> dict[str, Any]:
     )
     config = store.query("SELECT config FROM runs WHERE run_id = ?", [run_id])["config"].iloc[0]
     thresholds = (json.loads(config) or {}).get("thresholds") or {} if config else {}
-    thresholds = {k: v for k, v in thresholds.items() if v is not None}  # unset thresholds are not checked
+    thresholds = _set_thresholds(thresholds)
     cos = store.query(
         "SELECT comparison, model, precision, backend, list(cosine ORDER BY idx) AS c "
         "FROM cosine_values WHERE run_id = ? GROUP BY ALL ORDER BY ALL",

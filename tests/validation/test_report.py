@@ -278,7 +278,7 @@ def test_one_earlier_run_cannot_make_a_regression(tmp_path):
     assert two["noise_known"] and two["regressed"]
 
 
-def test_equivalence_table_shows_flips_their_margin_and_unenforced_labels(tmp_path):
+def test_equivalence_table_shows_flips_their_margin_unenforced_labels_and_fp8_thresholds(tmp_path):
     doc = samples.validate_doc(21)
     fp8, bf16 = doc["results"][0], doc["results"][1]
     fp8.update(
@@ -293,6 +293,7 @@ def test_equivalence_table_shows_flips_their_margin_and_unenforced_labels(tmp_pa
     )
     bf16.update(label_agreement=0.9995, label_flips=1, label_enforced=False)
     doc["passed"] = False
+    doc["thresholds"]["fp8"] = {"min_cosine": 0.995, "min_mean_cosine": 0.999, "max_rel_l2": None}
     path = tmp_path / "v.json"
     path.write_text(json.dumps(doc))
     MetricsStore(tmp_path / "m.duckdb").ingest_file(path)
@@ -306,3 +307,6 @@ def test_equivalence_table_shows_flips_their_margin_and_unenforced_labels(tmp_pa
     # rows of documents without these fields (the sample's fp16 rows) show no count and no margin
     fp16_row = next(r for r in rows if "<td>fp16</td>" in r)
     assert "(" not in fp16_row and "*" not in fp16_row and ">–</td>" in fp16_row
+    # the fp8 rows' own thresholds are listed flat, the unset one left out
+    assert "fp8.min_cosine = 0.995" in table and "fp8.min_mean_cosine = 0.999" in table
+    assert "None" not in table and "max_rel_l2" not in table
