@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.core.config import KIND_COLUMN
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch
 
     from pipeline.core.config import EncoderConfig
     from pipeline.models.base import PackedEncoder
+
+
+#: Specifier prefix of the real architectures with seeded random weights (``random:<name>``).
+RANDOM_PREFIX = "random:"
+
+
+def random_architecture(spec: str, known: Mapping[str, Any], model: str) -> str | None:
+    """The architecture name of a ``random:<name>`` specifier of ``model`` (a key of ``known``);
+    None for any other specifier. Raises `ModelLoadError` listing the known names otherwise."""
+    if not spec.startswith(RANDOM_PREFIX):
+        return None
+    name = spec[len(RANDOM_PREFIX) :]
+    if name not in known:
+        raise ModelLoadError(
+            f"unknown {model} architecture {name!r} in {spec!r}; use one of "
+            + ", ".join(RANDOM_PREFIX + n for n in known)
+        )
+    return name
 
 
 def load_encoder(
@@ -44,4 +63,4 @@ def load_encoder(
     return load_dnabert_s(cfg, device)
 
 
-__all__ = ["load_encoder"]
+__all__ = ["RANDOM_PREFIX", "load_encoder", "random_architecture"]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from pipeline.core.config import PredictConfig, is_random_classifier
 from pipeline.core.errors import ModelLoadError
-
-_RANDOM = "random:"
+from pipeline.models.registry import random_architecture
 
 
 def esm_width(spec: str) -> int:
@@ -22,16 +21,15 @@ def esm_width(spec: str) -> int:
 
     Raises `ModelLoadError` for a specifier that names no known architecture and no existing file.
     """
-    from pipeline.models.esm2.checkpoint import ESM2_ARCHS, hub_checkpoint_path
+    from pipeline.models.esm2.checkpoint import (
+        ESM2_ARCHS,
+        hub_checkpoint_path,
+        unknown_model_error,
+    )
 
     spec = spec.strip()
-    if spec.startswith(_RANDOM):
-        name = spec[len(_RANDOM) :]
-        if name not in ESM2_ARCHS:
-            raise ModelLoadError(
-                f"unknown ESM-2 architecture {name!r} in {spec!r}; use one of "
-                + ", ".join(f"random:{n}" for n in ESM2_ARCHS)
-            )
+    name = random_architecture(spec, ESM2_ARCHS, "ESM-2")
+    if name is not None:
         return ESM2_ARCHS[name].embed_dim
     if spec in ESM2_ARCHS:
         return ESM2_ARCHS[spec].embed_dim
@@ -40,10 +38,7 @@ def esm_width(spec: str) -> int:
         return _checkpoint_width(path)
     if re.fullmatch(r"esm2_t\d+_\w+", spec) and hub_checkpoint_path(spec).is_file():
         return _checkpoint_width(hub_checkpoint_path(spec))
-    raise ModelLoadError(
-        f"ESM-2 model {spec!r} is neither a fair-esm model name ({', '.join(ESM2_ARCHS)}), "
-        "random:<name>, nor an existing checkpoint file"
-    )
+    raise unknown_model_error(spec)
 
 
 def _checkpoint_width(path: Path) -> int:
@@ -67,13 +62,8 @@ def dnabert_width(spec: str) -> int:
     from pipeline.models.dnabert_s.model import RANDOM_ARCHS
 
     spec = spec.strip()
-    if spec.startswith(_RANDOM):
-        name = spec[len(_RANDOM) :]
-        if name not in RANDOM_ARCHS:
-            raise ModelLoadError(
-                f"unknown random DNABERT-S architecture {name!r}; use "
-                + " or ".join(_RANDOM + n for n in RANDOM_ARCHS)
-            )
+    name = random_architecture(spec, RANDOM_ARCHS, "DNABERT-S")
+    if name is not None:
         return RANDOM_ARCHS[name].hidden_size
     return read_config(resolve_checkpoint_dir(spec)).hidden_size
 

@@ -30,11 +30,11 @@ from pipeline.models.dnabert_s.model import (
     default_attention,
 )
 from pipeline.models.dnabert_s.tokenizer import DNABERTTokenizer, random_bpe_tokenizer_json
+from pipeline.models.registry import random_architecture
 from pipeline.models.weights import check_dense, load_torch_file
 
 log = logging.getLogger(__name__)
 
-RANDOM_PREFIX = "random:"
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -278,13 +278,8 @@ def load_dnabert_s(cfg: EncoderConfig, device: torch.device | str) -> PackedDNAB
         dtype=DTYPES[cfg.precision],  # fp32 rules out the fp16/bf16-only flash kernels
     )
     spec = cfg.model.strip()
-    if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX) :]
-        if name not in RANDOM_ARCHS:
-            raise ModelLoadError(
-                f"unknown random DNABERT-S architecture {name!r}; use "
-                + " or ".join(RANDOM_PREFIX + n for n in RANDOM_ARCHS)
-            )
+    name = random_architecture(spec, RANDOM_ARCHS, "DNABERT-S")
+    if name is not None:
         arch = RANDOM_ARCHS[name]
         tokenizer = DNABERTTokenizer(
             random_bpe_tokenizer_json(arch.vocab_size),

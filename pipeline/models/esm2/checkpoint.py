@@ -18,11 +18,11 @@ from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import ModelLoadError
 from pipeline.models.esm2.model import FP8_COMPILED_BACKENDS, PackedESM2
 from pipeline.models.fp8 import check_fp8
+from pipeline.models.registry import random_architecture
 from pipeline.models.weights import check_dense, load_torch_file, positive_ints, shape_problems
 
 log = logging.getLogger(__name__)
 
-RANDOM_PREFIX = "random:"
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 REGRESSION_URL = "https://dl.fbaipublicfiles.com/fair-esm/regression/{name}-contact-regression.pt"
 
@@ -177,6 +177,14 @@ def _seeded_random(name: str, seed: int, device: torch.device) -> torch.nn.Modul
         return _build_esm2(arch, device)
 
 
+def unknown_model_error(spec: str) -> ModelLoadError:
+    """The error for an ``--esm-model`` that is no name, no ``random:`` architecture and no file."""
+    return ModelLoadError(
+        f"ESM-2 model {spec!r} is neither a fair-esm model name ({', '.join(ESM2_ARCHS)}), "
+        "random:<name>, nor an existing checkpoint file"
+    )
+
+
 def load_esm2(
     cfg: EncoderConfig,
     device: torch.device | str,
@@ -200,13 +208,8 @@ def load_esm2(
     if cfg.precision == "fp8":
         check_fp8(device)
     spec = cfg.model.strip()
-    if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX) :]
-        if name not in ESM2_ARCHS:
-            raise ModelLoadError(
-                f"unknown ESM-2 architecture {name!r} in {spec!r}; use one of "
-                + ", ".join(f"random:{n}" for n in ESM2_ARCHS)
-            )
+    name = random_architecture(spec, ESM2_ARCHS, "ESM-2")
+    if name is not None:
         esm = _seeded_random(name, cfg.seed, device)
     elif spec in ESM2_ARCHS or re.fullmatch(r"esm2_t\d+_\w+", spec):
         path = hub_checkpoint_path(spec)
@@ -221,10 +224,7 @@ def load_esm2(
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise ModelLoadError(
-                f"ESM-2 model {spec!r} is neither a fair-esm model name ({', '.join(ESM2_ARCHS)}), "
-                "random:<name>, nor an existing checkpoint file"
-            )
+            raise unknown_model_error(spec)
         esm = esm2_from_checkpoint(safe_torch_load(path), str(path), device)
     use_compile = cfg.compile and not disable_compile
     model = PackedESM2(esm, spec=spec, precision=cfg.precision, backend=cfg.attention, compile=use_compile)
@@ -249,4 +249,5 @@ __all__ = [
     "hub_checkpoint_path",
     "load_esm2",
     "safe_torch_load",
+    "unknown_model_error",
 ]
